@@ -1,0 +1,3 @@
+from ds4d_cli.cli import main
+
+main()
