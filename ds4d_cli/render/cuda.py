@@ -1,0 +1,34 @@
+"""CUDA backend: gsplat's tile intersection and rasterizer on our projection.
+
+Our projection (same maths as gsplat's) runs in torch on the GPU; gsplat's CUDA kernels sort
+the tile intersections and composite. Going through the lower-level calls, not
+``gsplat.rasterization``, lets every camera carry its own deformed copy of the Gaussians
+([C,N,...] inputs) and keeps ``info`` identical across backends.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .projection import num_tiles
+
+TILE = 16
+
+
+def composite(means2d: Tensor, conics: Tensor, feats: Tensor, opacities: Tensor, depths: Tensor,
+              radii: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
+    """Accumulated features [C,H,W,D] (no background) and alpha [C,H,W,1] via gsplat CUDA."""
+    from gsplat.cuda._wrapper import isect_offset_encode, isect_tiles, rasterize_to_pixels
+
+    C = means2d.shape[0]
+    tw, th = num_tiles(width, TILE), num_tiles(height, TILE)
+    _, isect_ids, flatten_ids = isect_tiles(
+        means2d.detach().contiguous(), radii.contiguous(), depths.detach().contiguous(), TILE, tw, th
+    )
+    offsets = isect_offset_encode(isect_ids, C, tw, th)
+    img, alpha = rasterize_to_pixels(
+        means2d, conics.contiguous(), feats.contiguous(), opacities.contiguous(),
+        width, height, TILE, offsets, flatten_ids,
+    )
+    return img, alpha
