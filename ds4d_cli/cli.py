@@ -15,8 +15,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
+from typer._click import exceptions as cli_exceptions  # typer vendors click
 
 from ds4d_cli import __version__
 from ds4d_cli.console import console, set_quiet
@@ -238,10 +238,11 @@ def generate(
     force: bool = _FORCE,
 ) -> None:
     """Make V views of every frame at known cameras: the multi-view prior that `fit` learns from."""
+    ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import generate as stage
 
     opts = _generate_options(prior, prior_dir, model, variant, views, steps, guidance, seed, device, anchor)
-    _report(stage.run(_open_ws(ctx), opts, force=force))
+    _report(stage.run(ws, opts, force=force))
 
 
 def _fit_options(
@@ -297,10 +298,11 @@ def fit(
     force: bool = _FORCE,
 ) -> None:
     """Fit dynamic 3D Gaussians (DSFD + TSSF deformation); resumes from its last checkpoint."""
+    ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import fit as stage
 
     opts = _fit_options(steps, device, resolution, no_dsfd, no_tssf, fusion, encoder, checkpoint_every, seed, restart)
-    _report(stage.run(_open_ws(ctx), opts, force=force or restart))
+    _report(stage.run(ws, opts, force=force or restart))
 
 
 def _export_options(
@@ -333,10 +335,11 @@ def export(
     force: bool = _FORCE,
 ) -> None:
     """Write the fitted 4D asset: per-frame PLYs for splat viewers, a turntable MP4 or a comparison grid."""
+    ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import export as stage
 
     opts = _export_options(fmt, frames, orbits, elevation, fps, size, background)
-    _report(stage.run(_open_ws(ctx), opts, force=force))
+    _report(stage.run(ws, opts, force=force))
 
 
 @app.command("eval")
@@ -347,10 +350,11 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
 ) -> None:
     """Score the fitted model against ground-truth views: PSNR, SSIM and PSNR on moving pixels."""
+    ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import evaluate as stage
 
     opts = stage.EvalOptions(gt=str(gt.absolute()), views=_split_list(views))
-    results = stage.run(_open_ws(ctx), opts)
+    results = stage.run(ws, opts)
     if as_json:
         import json
 
@@ -449,12 +453,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     debug = "--debug" in args
     try:
         app(args=args, prog_name="ds4d", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except cli_exceptions.ClickException as exc:  # usage errors: exit 2 with click's message
         exc.show()
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         console.print("[red]interrupted[/red] (finished work is kept; run the command again to resume)")
         sys.exit(130)
     except Ds4dError as exc:

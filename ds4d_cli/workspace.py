@@ -139,7 +139,8 @@ class Workspace:
         digest = sha256_of_path(source)
         record = ws.source_record()
         with ws.locked():
-            if record is not None and record.get("source_sha256") != digest:
+            replaced = record is not None and record.get("source_sha256") != digest
+            if replaced and record.get("source") != str(source):
                 if not force:
                     raise WorkspaceError(
                         f"workspace {root} already holds another clip ({record.get('source')})",
@@ -231,7 +232,9 @@ class Workspace:
         """The input digests a stage would be run with now (None for a missing upstream)."""
         if stage == "preprocess":
             record = self.source_record() or {}
-            return {"source": record.get("source_sha256")}
+            source = Path(record.get("source", ""))
+            live = sha256_of_path(source) if record.get("source") and source.exists() else None
+            return {"source": live or record.get("source_sha256")}
         return {up: self.manifest_digest(up) for up in STAGES.get(stage, ())}
 
     def status(self, stage: str, options: dict[str, Any] | None = None, version: int | None = None) -> StageStatus:
