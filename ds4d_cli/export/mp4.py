@@ -1,0 +1,42 @@
+"""H.264 MP4 writing for exports (yuv420p, so every common player and browser plays it).
+
+Frames are streamed to ffmpeg (imageio-ffmpeg's bundled binary) one at a time, so a long
+turntable never sits in memory; the file appears under its final name only when complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ds4d_cli.fsutil import atomic_path
+
+
+def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float, quality: int = 8) -> int:
+    """Write uint8 [H,W,3] frames (H, W even) as H.264; returns the number of frames written."""
+    import imageio_ffmpeg
+
+    count = 0
+    with atomic_path(path) as tmp:
+        writer = None
+        try:
+            for frame in frames:
+                frame = np.ascontiguousarray(frame[..., :3], dtype=np.uint8)
+                if writer is None:
+                    h, w = frame.shape[:2]
+                    writer = imageio_ffmpeg.write_frames(
+                        str(tmp), (w, h), fps=float(fps), codec="libx264", pix_fmt_out="yuv420p",
+                        quality=quality, macro_block_size=1, ffmpeg_log_level="error",
+                        output_params=["-movflags", "+faststart"],
+                    )
+                    writer.send(None)  # start ffmpeg
+                writer.send(frame)
+                count += 1
+        finally:
+            if writer is not None:
+                writer.close()
+        if count == 0:
+            raise ValueError("no frames to write")
+    return count
