@@ -7,15 +7,36 @@ turntable never sits in memory; the file appears under its final name only when 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from ds4d_cli.fsutil import atomic_path
 
 
-def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float, quality: int = 8) -> int:
-    """Write uint8 [H,W,3] frames (H, W even) as H.264; returns the number of frames written."""
+def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float) -> int:
+    """Write uint8 [H,W,3] frames as H.264 atomically; returns the number of frames written.
+
+    Uses the project's shared writer (:func:`ds4d_cli.video.write_mp4`) when present, so every
+    MP4 ds4d writes is encoded alike; the local writer below is the fallback.
+    """
+    count = 0
+
+    def counted() -> Iterator[np.ndarray]:
+        nonlocal count
+        for frame in frames:
+            count += 1
+            yield frame
+
+    try:
+        from ds4d_cli.video import write_mp4 as shared_write_mp4
+    except ImportError:
+        return _write_mp4_local(path, counted(), fps)
+    shared_write_mp4(path, counted(), fps)
+    return count
+
+
+def _write_mp4_local(path: Path, frames: Iterable[np.ndarray], fps: float, quality: int = 8) -> int:
     import imageio_ffmpeg
 
     count = 0
