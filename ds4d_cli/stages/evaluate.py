@@ -53,7 +53,11 @@ class GtView:
 
 
 def _view_dir(root: Path, name: str) -> Path:
-    return root / "input" if name == INPUT_VIEW else root / "gt" / name
+    """input/ for the input view; gt/<view>/, or <view>/ directly, as ``--prior import`` accepts."""
+    if name == INPUT_VIEW:
+        return root / "input"
+    nested = root / "gt" / name
+    return nested if nested.is_dir() or not (root / name).is_dir() else root / name
 
 
 def load_gt(root: Path, views: Optional[list[str]] = None) -> tuple[list[GtView], list[float]]:
