@@ -233,11 +233,12 @@ def load_clip(
     start: float | None = None,
     end: float | None = None,
     folder_fps: float = DEFAULT_FOLDER_FPS,
+    info: VideoInfo | None = None,
 ) -> Clip:
-    """Probe, choose ``n`` frames evenly in [start, end) and decode them."""
+    """Probe (unless ``info`` is given), choose ``n`` frames evenly in [start, end) and decode them."""
     if n <= 0:
         raise Ds4dError(f"--frames must be at least 1 (got {n})", hint="e.g. --frames 32")
-    info = probe(path, folder_fps)
+    info = probe(path, folder_fps) if info is None else info
     indices = sample_indices(info, n, start, end)
     frames, has_alpha = drop_opaque_alpha(read_frames(info, indices))
     return Clip(info, indices, frames, has_alpha)

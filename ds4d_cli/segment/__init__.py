@@ -1,0 +1,55 @@
+"""Segmentation: turn RGB frames into soft object masks.
+
+Two families share one interface (``segment(frames, on_frame) -> list of float32 HxW alphas``):
+rembg salient-object models (u2netp works offline after ``make setup``; u2net, isnet-general-use,
+birefnet-general and bria-rmbg when their weights are in rembg's model folder) and ``static-bg``, a
+weight-free background-difference segmenter for fixed cameras. :func:`clean_alpha` then keeps the
+object and drops specks and small holes, whichever segmenter ran.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from ds4d_cli.segment.cleanup import clean_alpha
+from ds4d_cli.segment.rembg_seg import MODELS as REMBG_MODELS
+from ds4d_cli.segment.rembg_seg import available_models, model_path, require_model
+
+SEGMENTERS: tuple[str, ...] = (*REMBG_MODELS, "static-bg")
+
+__all__ = [
+    "SEGMENTERS",
+    "Segmenter",
+    "available_models",
+    "clean_alpha",
+    "make_segmenter",
+    "model_path",
+    "require_model",
+]
+
+
+class Segmenter(Protocol):
+    name: str
+
+    def segment(self, frames: Sequence[np.ndarray], on_frame: Callable[[], None] | None = None) -> list[np.ndarray]:
+        """One soft alpha (float32 HxW in [0, 1]) per RGB(A) uint8 frame."""
+        ...
+
+
+def make_segmenter(name: str, background: str | None = None) -> Segmenter:
+    """Build a segmenter by name; rembg weights are checked before rembg is imported."""
+    from ds4d_cli.errors import Ds4dError
+
+    if name == "static-bg":
+        from ds4d_cli.segment.static_bg import StaticBgSegmenter
+
+        return StaticBgSegmenter(plate=background)
+    if name not in REMBG_MODELS:
+        raise Ds4dError(f"unknown segmenter {name!r}", hint=f"choose one of {', '.join(SEGMENTERS)}")
+    if background is not None:
+        raise Ds4dError("--background-plate only applies to --segmenter static-bg", hint="drop it, or add --segmenter static-bg")
+    from ds4d_cli.segment.rembg_seg import load_rembg
+
+    return load_rembg(name)

@@ -1,0 +1,171 @@
+"""Weight-free segmentation for a fixed camera: background model + colour distance threshold.
+
+The background is either a clean plate (an image of the empty scene, ``--background-plate``) or
+the per-pixel temporal median of the clip. A temporal median only sees what *moves*: a part of
+the object that stays put in most frames (a tower under spinning blades, a sitting animal) is
+absorbed into the background and lost. Nothing in the clip tells such a part from the scene, so
+the segmenter always notes it when it uses a median; a plate avoids the problem entirely.
+
+Per frame: the colour distance to the background (after a light blur that tames sensor and
+compression noise) is thresholded with hysteresis: Otsu's threshold on the whole clip's distances
+gives sure-object seeds, and the object grows from them down to a noise-based level (background
+median + 8 robust sigmas), so low-contrast parts join while isolated noise does not. A closing
+bridges cracks, the blurred rim is peeled back, and :mod:`ds4d_cli.segment.cleanup` then keeps the
+largest component.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import apply_hysteresis_threshold
+
+from ds4d_cli.errors import Ds4dError
+
+#: Distances below this (0-255 RGB units) are never object, however clean the footage.
+MIN_THRESHOLD = 6.0
+#: Object/background split at the background's median + NOISE_K robust sigmas of its distance.
+NOISE_K = 8.0
+#: A rim pixel stays when its unblurred distance exceeds the median + EDGE_K sigmas.
+EDGE_K = 4.0
+#: Frames needed for a meaningful temporal median.
+MIN_FRAMES_FOR_MEDIAN = 3
+
+
+def load_plate(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Read the clean plate as float32 RGB; it must match the frames' (W, H)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise Ds4dError(f"background plate not found: {path}", hint="pass an image of the empty scene with --background-plate")
+    try:
+        with Image.open(path) as im:
+            plate = np.asarray(im.convert("RGB"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError):
+        raise Ds4dError(f"cannot read the background plate {path.name} as an image", hint="use a png or jpg") from None
+    if (plate.shape[1], plate.shape[0]) != tuple(size):
+        raise Ds4dError(
+            f"background plate is {plate.shape[1]}x{plate.shape[0]} but the frames are {size[0]}x{size[1]}",
+            hint="take the plate from the same camera at the same resolution",
+        )
+    return plate
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    return ndi.gaussian_filter(img, sigma=(sigma, sigma, 0)) if sigma > 0 else img
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold on a 1-D sample: the split maximising the between-class variance."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+@dataclass
+class StaticBgSegmenter:
+    """Background-difference segmentation; ``plate`` None means a temporal median background."""
+
+    plate: str | None = None
+    blur_sigma: float = 1.0
+    name: str = "static-bg"
+    notes: list[str] = field(default_factory=list)
+    threshold: float | None = None  # the distance threshold used last (for meta/tests)
+
+    def background(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        h, w = frames[0].shape[:2]
+        if self.plate is not None:
+            return load_plate(self.plate, (w, h))
+        if len(frames) < MIN_FRAMES_FOR_MEDIAN:
+            raise Ds4dError(
+                f"static-bg needs at least {MIN_FRAMES_FOR_MEDIAN} frames for its background model (got {len(frames)})",
+                hint="use more --frames, pass --background-plate EMPTY.png, or choose --segmenter u2netp",
+            )
+        stack = np.stack([f[..., :3] for f in frames]).astype(np.float32)
+        return np.median(stack, axis=0)
+
+    def segment(self, frames: Sequence[np.ndarray], on_frame: Callable[[], None] | None = None) -> list[np.ndarray]:
+        """Soft masks (float32 HxW in [0, 1]) for every frame."""
+        raw_bg = self.background(frames)
+        bg = _blur(raw_bg, self.blur_sigma)
+        dists, pixel_dists = [], []
+        for f in frames:
+            rgb = f[..., :3].astype(np.float32)
+            diff = _blur(rgb, self.blur_sigma) - bg
+            dists.append(np.sqrt((diff * diff).sum(axis=2)))
+            raw = rgb - raw_bg
+            pixel_dists.append(ndi.median_filter(np.sqrt((raw * raw).sum(axis=2)), size=3))
+        low, high, edge = self._thresholds(np.stack(dists), np.stack(pixel_dists))
+        self.threshold = low
+        masks = []
+        for d, dp in zip(dists, pixel_dists):
+            hard = apply_hysteresis_threshold(d, low, high)
+            hard = ndi.binary_closing(hard, structure=_CROSS, border_value=0)
+            # The blur spreads the object by about a pixel: a boundary pixel must differ from the
+            # background by itself (beyond the per-pixel noise) to stay.
+            rim = hard & ~ndi.binary_erosion(hard, structure=_SQUARE)
+            hard &= ~(rim & (dp < edge))
+            masks.append(_soften(hard, d, low))
+            if on_frame is not None:
+                on_frame()
+        if self.plate is None:
+            area = float(np.mean([(m >= 0.5).mean() for m in masks]))
+            self.notes.append(
+                f"static-bg used a temporal-median background (object area {area:.1%} of the frame): parts of the "
+                "object that never move are absorbed into it; if the contact sheet misses them, pass "
+                "--background-plate EMPTY.png or use a rembg --segmenter"
+            )
+        return masks
+
+    def _thresholds(self, dists: np.ndarray, pixel_dists: np.ndarray) -> tuple[float, float, float]:
+        """(low, high, edge) distance thresholds from the clip's own statistics.
+
+        ``high`` (Otsu) marks pixels that surely differ; ``low`` = background median + NOISE_K
+        robust sigmas (MAD, measured on Otsu's background class) lets an object grow from those
+        seeds through low-contrast parts without picking up isolated noise; ``edge`` is the same
+        noise bound on the unblurred distance, used to peel the blurred rim.
+        """
+        sample = dists[:, ::2, ::2]
+        otsu = otsu_threshold(sample)
+        back = sample[sample < otsu]
+        med, sigma = _robust(back)
+        low = max(MIN_THRESHOLD, med + NOISE_K * sigma)
+        high = max(otsu, low)
+        psample = pixel_dists[:, ::2, ::2]
+        pmed, psigma = _robust(psample[sample < otsu])
+        edge = pmed + EDGE_K * psigma
+        return float(low), float(high), float(edge)
+
+
+_CROSS = ndi.generate_binary_structure(2, 1)
+_SQUARE = np.ones((3, 3), bool)
+
+
+def _robust(values: np.ndarray) -> tuple[float, float]:
+    """Median and MAD-based sigma (robust to the object's pixels in the sample)."""
+    if values.size == 0:
+        return 0.0, 0.0
+    med = float(np.median(values))
+    return med, float(1.4826 * np.median(np.abs(values - med)))
+
+
+def _soften(hard: np.ndarray, dist: np.ndarray, low: float) -> np.ndarray:
+    """Opaque inside, a one-pixel soft edge from the distance on both sides of the boundary."""
+    soft = np.clip(dist / (2.0 * low), 0.0, 1.0)
+    inner = ndi.binary_erosion(hard, structure=_SQUARE)
+    near = ndi.binary_dilation(hard, structure=_SQUARE)
+    alpha = np.where(hard, np.maximum(soft, 0.5), np.where(near, np.minimum(soft, 0.49), 0.0))
+    alpha[inner] = 1.0
+    return alpha.astype(np.float32)
