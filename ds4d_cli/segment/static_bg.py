@@ -113,9 +113,10 @@ class StaticBgSegmenter:
         for d, dp in zip(dists, pixel_dists):
             hard = apply_hysteresis_threshold(d, low, high)
             hard = ndi.binary_closing(hard, structure=_CROSS, border_value=0)
-            # The blur spreads the object by about a pixel: a boundary pixel must differ from the
-            # background by itself (beyond the per-pixel noise) to stay.
-            rim = hard & ~ndi.binary_erosion(hard, structure=_SQUARE)
+            # The blur spreads a contrasted object by up to 3 sigma: a pixel that near the boundary
+            # must differ from the background by itself (beyond the per-pixel noise) to stay.
+            reach = max(1, int(np.ceil(3 * self.blur_sigma)))
+            rim = hard & ~ndi.binary_erosion(hard, structure=_SQUARE, iterations=reach)
             hard &= ~(rim & (dp < edge))
             masks.append(_soften(hard, d, low))
             if on_frame is not None:
