@@ -166,7 +166,7 @@ def test_auto_without_weights_falls_back_to_none(ws: Workspace, tmp_path: Path, 
     result = run(ws, GenerateOptions(prior="auto"))
     assert result.summary["prior"] == "none"
     err = capsys.readouterr().err
-    assert "zero123plus-v1.1" in err and "huggingface-cli download" in err
+    assert "zero123plus-v1.1" in err and "hf download" in err
     with pytest.raises(MissingWeightsError, match="zero123plus-v1.1"):
         run(ws, GenerateOptions(prior="zero123pp"))
 

@@ -197,7 +197,7 @@ def test_missing_weights_error_names_model_and_alternatives(tmp_path: Path, monk
         load_zero123pp(None, variant="v1.2", device="cpu")
     err = info.value
     assert "sudo-ai/zero123plus-v1.2" in err.message and "\n" not in str(err)
-    assert "huggingface-cli download sudo-ai/zero123plus-v1.2" in err.hint
+    assert "hf download sudo-ai/zero123plus-v1.2" in err.hint
     assert "--model" in err.hint and "--prior import" in err.hint and "--prior none" in err.hint
     with pytest.raises(MissingWeightsError, match="does not exist"):
         load_zero123pp(str(tmp_path / "nope"), device="cpu")

@@ -131,6 +131,9 @@ def _run_zero123pp(out: Path, opts: GenerateOptions, meta: dict, frames: list[Pa
     from ds4d_cli.progress import progress_bar
 
     pipe = load_zero123pp(opts.model, opts.variant, opts.device)
+    if pipe.device.type == "cpu" and sum(p.numel() for p in pipe.unet.parameters()) > 100_000_000:
+        warn("Zero123++ on the CPU takes minutes per frame; a CUDA GPU (--device cuda) is far faster, "
+             "or make the views elsewhere and use --prior import DIR")
     steps = opts.steps or DEFAULT_STEPS[opts.variant]
     guidance = DEFAULT_GUIDANCE if opts.guidance is None else opts.guidance
     all_views = zero123pp_views(opts.variant)
