@@ -121,6 +121,18 @@ def _segment(clip: Clip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str
     return alphas, opts.segmenter, list(getattr(segmenter, "notes", []))
 
 
+def _no_object_hint(segmenter_name: str, opts: PreprocessOptions) -> str:
+    if segmenter_name == INPUT_ALPHA:
+        return "the input's alpha channel is transparent everywhere; pass the original frames instead"
+    if segmenter_name == "static-bg" and opts.background is None:
+        return ("check that the clip shows the object; a temporal median misses an object that never moves: "
+                "pass --background-plate EMPTY.png or use --segmenter u2netp")
+    if segmenter_name == "static-bg":
+        return "check that the clip shows the object and that the plate is the same camera's empty scene"
+    return ("check that the clip shows the object; for a fixed camera try --segmenter static-bg "
+            "(with --background-plate EMPTY.png), or a stronger rembg model (u2net, isnet-general-use)")
+
+
 def _has_object(alpha: np.ndarray) -> bool:
     opaque = int((alpha >= 0.5).sum())
     return opaque >= max(MIN_OBJECT_PIXELS, MIN_OBJECT_FRACTION * alpha.size)
@@ -131,16 +143,15 @@ def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dic
     if len(clip.frames) < opts.frames:
         info(f"[dim]the clip has only {len(clip.frames)} frames in the chosen window: using all of them[/dim]")
     alphas, segmenter_name, notes = _segment(clip, opts)
-    for note in notes:
-        warn(note)
 
     present = [_has_object(a) for a in alphas]
     if not any(present):
         raise Ds4dError(
             f"no object found in {clip.info.path.name}: every frame looks like background ({segmenter_name})",
-            hint="check that the clip shows the object; try --segmenter static-bg --background-plate EMPTY.png "
-            "for a fixed camera, or a stronger rembg model (u2net, isnet-general-use)",
+            hint=_no_object_hint(segmenter_name, opts),
         )
+    for note in notes:
+        warn(note)
     missing = [i for i, p in enumerate(present) if not p]
     if missing:
         warn(f"no object found in {len(missing)} of {len(alphas)} frames (e.g. frame {missing[0]}); they stay empty")
