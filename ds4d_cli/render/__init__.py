@@ -25,8 +25,11 @@ from ds4d_cli.cameras import camera_centers
 
 from . import dense
 from .projection import project
+from .serial import run_serial
 
 BACKENDS = ("auto", "cpu", "cuda", "dense")
+# Variants of "cpu" that pin one implementation (tests, benchmark).
+_CPU_VARIANTS = {"cpu": None, "cpu-ext": True, "cpu-torch": False}
 
 
 @dataclass
@@ -38,7 +41,7 @@ class RenderOutput:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
+    if backend not in BACKENDS and backend not in _CPU_VARIANTS:
         from ds4d_cli.errors import Ds4dError
 
         raise Ds4dError(f"unknown render backend {backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
@@ -106,39 +109,52 @@ def render(
     quats_c = quats if quats.dim() == 2 else _per_camera(quats, C, 2)
     scales_c = scales if scales.dim() == 2 else _per_camera(scales, C, 2)
     opac_c = _per_camera(opacities.reshape(opacities.shape[:-1] + (N,)), C, 1)
-    rgb_c = evaluate_colors(colors, means_c, viewmats, sh_degree)
     chosen = resolve_backend(backend, means_c.device)
 
-    proj = project(means_c, quats_c, scales_c, opac_c, viewmats, Ks, width, height)
-    feats = torch.cat([rgb_c, proj.depths[..., None]], dim=-1)  # depth composited as a channel
+    def prepare(means_c, quats_c, scales_c, opac_c, colors, viewmats, Ks):
+        rgb_c = evaluate_colors(colors, means_c, viewmats, sh_degree)
+        proj = project(means_c, quats_c, scales_c, opac_c, viewmats, Ks, width, height)
+        feats = torch.cat([rgb_c, proj.depths[..., None]], dim=-1)  # depth composited as a channel
+        return proj.means2d, proj.conics, feats, proj.depths, proj.radii, proj.valid
+
+    # Small element-wise ops: single-threaded is far faster on a busy CPU (see .serial).
+    prep = prepare if chosen == "cuda" else lambda *a: run_serial(prepare, *a)
+    means2d, conics, feats, depths, radii, valid = prep(
+        means_c, quats_c, scales_c, opac_c, colors, viewmats, Ks
+    )
 
     if chosen == "dense":
-        img, alpha = dense.composite(
-            proj.means2d, proj.conics, feats, opac_c, proj.depths, proj.valid, width, height
-        )
-    elif chosen == "cpu":
+        img, alpha = dense.composite(means2d, conics, feats, opac_c, depths, valid, width, height)
+    elif chosen in _CPU_VARIANTS:
         from . import cpu
 
         img, alpha = cpu.composite(
-            proj.means2d, proj.conics, feats, opac_c, proj.depths, proj.radii, width, height
+            means2d, conics, feats, opac_c, depths, radii, width, height,
+            use_ext=_CPU_VARIANTS[chosen],
         )
     else:
         from . import cuda
 
-        img, alpha = cuda.composite(
-            proj.means2d, proj.conics, feats, opac_c, proj.depths, proj.radii, width, height
-        )
+        img, alpha = cuda.composite(means2d, conics, feats, opac_c, depths, radii, width, height)
 
-    rgb = img[..., :3]
-    if background is not None:
-        bg = background.to(rgb.dtype)
-        bg = bg.reshape(1, 1, 1, 3) if bg.dim() == 1 else bg.reshape(C, 1, 1, 3)
-        rgb = rgb + (1.0 - alpha) * bg
+    def finish(img, alpha, *bg):
+        rgb = img[..., :3]
+        if bg:
+            b = bg[0].to(rgb.dtype)
+            b = b.reshape(1, 1, 1, 3) if b.dim() == 1 else b.reshape(C, 1, 1, 3)
+            rgb = rgb + (1.0 - alpha) * b
+        return rgb, img[..., 3:4]
+
+    extra = () if background is None else (background,)
+    if chosen == "cuda":
+        rgb, depth = finish(img, alpha, *extra)
+    else:
+        rgb, depth = run_serial(finish, img, alpha, *extra)
     info: dict[str, Any] = {
-        "means2d": proj.means2d,
-        "radii": proj.radii,
-        "depths": proj.depths,
-        "conics": proj.conics,
+        "means2d": means2d,
+        "radii": radii,
+        "depths": depths,
+        "conics": conics,
         "width": width,
         "height": height,
         "n_cameras": C,
@@ -147,7 +163,7 @@ def render(
         "camera_ids": None,
         "backend": chosen,
     }
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=img[..., 3:4], info=info)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, info=info)
 
 
 def render_gaussians(gaussians, viewmats: Tensor, Ks: Tensor, width: int, height: int, **kwargs) -> RenderOutput:

@@ -1,14 +1,269 @@
-"""CPU backend: tiled front-to-back compositor (placeholder: delegates to the dense reference
-until the tiled kernel lands)."""
+"""CPU backend: tiled front-to-back compositing with 16 px tiles and per-tile depth order.
+
+Two implementations of the same maths (see :mod:`.projection` for the constants):
+
+- the C++ kernel (:mod:`.build`), a forward and a hand-written backward over per-tile sorted
+  lists, wrapped in one ``torch.autograd.Function``; used whenever it builds;
+- a pure-torch fallback: tiles are grouped into buckets by load (lists padded to the next
+  power of two, not to the busiest tile), each bucket is evaluated in bounded chunks
+  ([tiles, 256 px, K] at a time) and recomputed in backward by checkpointing.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+from typing import Optional
+
+import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
-from . import dense
+from . import build as _build
+from .projection import ALPHA_MAX, ALPHA_MIN, T_MIN, num_tiles
+from .serial import one_thread
+
+TILE = 16
+_CHUNK_ELEMS = 1 << 21  # pixel x Gaussian pairs per torch-fallback chunk
 
 
-def composite(means2d: Tensor, conics: Tensor, feats: Tensor, opacities: Tensor, depths: Tensor,
-              radii: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
-    valid = (radii > 0).all(dim=-1)
-    return dense.composite(means2d, conics, feats, opacities, depths, valid, width, height)
+def kernel_threads() -> int:
+    """Threads for the C++ kernel: ``DS4D_RENDER_THREADS`` or torch's intra-op count."""
+    env = os.environ.get("DS4D_RENDER_THREADS")
+    return max(1, int(env)) if env else torch.get_num_threads()
+
+
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def depth_order(depths: Tensor, radii: Tensor) -> Tensor:
+    """[C,N] Gaussian indices per camera, front to back; culled ones last (stable on ties)."""
+    visible = (radii > 0).all(dim=-1)
+    key = torch.where(visible, depths.detach(), torch.full_like(depths, float("inf")))
+    return torch.argsort(key, dim=1, stable=True)
+
+
+# --------------------------------------------------------------------------- C++ kernel
+def _bin_ext(lib, means2d: Tensor, radii: Tensor, order: Tensor, width: int, height: int, n_threads: int):
+    C, N = means2d.shape[:2]
+    n_tiles = num_tiles(width, TILE) * num_tiles(height, TILE)
+    sfx = "f64" if means2d.dtype == torch.float64 else "f32"
+    m2 = means2d.detach().contiguous()
+    rad = radii.contiguous()
+    counts = torch.zeros(C * n_tiles, dtype=torch.int32)
+    getattr(lib, f"ds4d_count_tiles_{sfx}")(C, N, width, height, _ptr(m2), _ptr(rad), _ptr(counts))
+    offsets = torch.zeros(C * n_tiles + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    ids = torch.empty(int(offsets[-1]), dtype=torch.int64)
+    order = order.contiguous()
+    getattr(lib, f"ds4d_fill_tiles_{sfx}")(
+        C, N, width, height, _ptr(m2), _ptr(rad), _ptr(order), _ptr(offsets), _ptr(ids),
+        n_threads,
+    )
+    return offsets, ids
+
+
+class _ExtRasterize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, feats, opacities, radii, offsets, ids, width, height, lib, n_threads):
+        with one_thread():
+            return _ExtRasterize._forward(
+                ctx, means2d, conics, feats, opacities, radii, offsets, ids, width, height, lib, n_threads
+            )
+
+    @staticmethod
+    def _forward(ctx, means2d, conics, feats, opacities, radii, offsets, ids, width, height, lib, n_threads):
+        C, N, D = feats.shape
+        sfx = "f64" if feats.dtype == torch.float64 else "f32"
+        m2, con, f, op = (t.detach().contiguous() for t in (means2d, conics, feats, opacities))
+        img = torch.empty(C, height, width, D, dtype=feats.dtype)
+        trans = torch.empty(C, height, width, dtype=feats.dtype)
+        last = torch.empty(C, height, width, dtype=torch.int32)
+        getattr(lib, f"ds4d_forward_{sfx}")(
+            C, N, D, width, height, _ptr(m2), _ptr(con), _ptr(f), _ptr(op), _ptr(radii),
+            _ptr(offsets), _ptr(ids), _ptr(img), _ptr(trans), _ptr(last), n_threads,
+        )
+        ctx.save_for_backward(m2, con, f, op, radii, offsets, ids, trans, last)
+        ctx.dims = (C, N, D, width, height)
+        ctx.lib = lib
+        ctx.n_threads = n_threads
+        alpha = (1.0 - trans).unsqueeze(-1)
+        return img, alpha
+
+    @staticmethod
+    def backward(ctx, v_img, v_alpha):
+        with one_thread():
+            return _ExtRasterize._backward(ctx, v_img, v_alpha)
+
+    @staticmethod
+    def _backward(ctx, v_img, v_alpha):
+        m2, con, f, op, radii, offsets, ids, trans, last = ctx.saved_tensors
+        C, N, D, width, height = ctx.dims
+        sfx = "f64" if f.dtype == torch.float64 else "f32"
+        n = ids.numel()
+        g_m2 = torch.zeros(n, 2, dtype=f.dtype)
+        g_con = torch.zeros(n, 3, dtype=f.dtype)
+        g_f = torch.zeros(n, D, dtype=f.dtype)
+        g_op = torch.zeros(n, dtype=f.dtype)
+        vi = None if v_img is None else v_img.to(f.dtype).contiguous()
+        va = None if v_alpha is None else v_alpha[..., 0].to(f.dtype).contiguous()
+        getattr(ctx.lib, f"ds4d_backward_{sfx}")(
+            C, N, D, width, height, _ptr(m2), _ptr(con), _ptr(f), _ptr(op), _ptr(radii),
+            _ptr(offsets), _ptr(ids), _ptr(trans), _ptr(last), _ptr(vi), _ptr(va),
+            _ptr(g_m2), _ptr(g_con), _ptr(g_f), _ptr(g_op), ctx.n_threads,
+        )
+
+        def gather(g: Tensor, k: int) -> Tensor:
+            out = torch.zeros(C * N, k, dtype=f.dtype)
+            out.index_add_(0, ids, g.reshape(n, k))
+            return out
+
+        return (
+            gather(g_m2, 2).reshape(C, N, 2),
+            gather(g_con, 3).reshape(C, N, 3),
+            gather(g_f, D).reshape(C, N, D),
+            gather(g_op, 1).reshape(C, N),
+            None, None, None, None, None, None, None,
+        )
+
+
+# --------------------------------------------------------------------------- torch fallback
+def bin_torch(means2d: Tensor, radii: Tensor, order: Tensor, width: int, height: int):
+    """Tile lists in pure torch: (offsets [C*tiles+1], ids [n_isect] flat c*N+g in depth order)."""
+    C, N = means2d.shape[:2]
+    tx, ty = num_tiles(width, TILE), num_tiles(height, TILE)
+    n_tiles = tx * ty
+    m2 = means2d.detach().reshape(-1, 2)
+    rad = radii.reshape(-1, 2).to(m2.dtype)
+    x0 = torch.floor((m2[:, 0] - rad[:, 0]) / TILE).clamp(0, tx).long()
+    x1 = torch.ceil((m2[:, 0] + rad[:, 0]) / TILE).clamp(0, tx).long()
+    y0 = torch.floor((m2[:, 1] - rad[:, 1]) / TILE).clamp(0, ty).long()
+    y1 = torch.ceil((m2[:, 1] + rad[:, 1]) / TILE).clamp(0, ty).long()
+    visible = (radii.reshape(-1, 2) > 0).all(dim=-1)
+    wr = (x1 - x0).clamp_min(0)
+    counts = torch.where(visible, wr * (y1 - y0).clamp_min(0), torch.zeros_like(wr))
+    total = int(counts.sum())
+    flat = torch.repeat_interleave(torch.arange(C * N), counts)
+    first = torch.cumsum(counts, 0) - counts
+    local = torch.arange(total) - first[flat]
+    tile_x = x0[flat] + local % wr[flat]
+    tile_y = y0[flat] + local // wr[flat]
+    cam = flat // N
+    tile = cam * n_tiles + tile_y * tx + tile_x
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(N).expand(C, N).contiguous())
+    key = tile * N + rank.reshape(-1)[flat]
+    sorted_idx = torch.argsort(key)
+    ids = flat[sorted_idx]
+    offsets = torch.zeros(C * n_tiles + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.bincount(tile, minlength=C * n_tiles), 0)
+    return offsets, ids
+
+
+def _tile_chunk(pix: Tensor, pad: Tensor, m2: Tensor, con: Tensor, op: Tensor, f: Tensor):
+    """pix [B,P,2]; per-tile lists [B,K,...] front to back (pad marks empty slots)."""
+    d = pix[:, :, None, :] - m2[:, None, :, :]
+    dx, dy = d[..., 0], d[..., 1]
+    sigma = (
+        0.5 * (con[:, None, :, 0] * dx * dx + con[:, None, :, 2] * dy * dy)
+        + con[:, None, :, 1] * dx * dy
+    )
+    usable = (~pad)[:, None, :] & (sigma >= 0)
+    sigma = torch.where(usable, sigma, torch.full_like(sigma, 1e4))
+    alpha = torch.clamp_max(op[:, None, :] * torch.exp(-sigma), ALPHA_MAX)
+    alpha = torch.where(usable & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
+    with torch.no_grad():
+        contributes = torch.cumprod(1.0 - alpha, dim=-1) > T_MIN
+    alpha = alpha * contributes
+    trans = torch.cumprod(1.0 - alpha, dim=-1)
+    trans = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], dim=-1)
+    w = alpha * trans
+    return torch.einsum("bpk,bkd->bpd", w, f), w.sum(dim=-1)
+
+
+def composite_torch(means2d, conics, feats, opacities, radii, order, width, height):
+    """Pure-torch tiled compositor (bucketed by tile load, chunked, checkpointed)."""
+    C, N, D = feats.shape
+    dtype, device = feats.dtype, feats.device
+    tx, ty = num_tiles(width, TILE), num_tiles(height, TILE)
+    n_tiles = tx * ty
+    offsets, ids = bin_torch(means2d, radii, order, width, height)
+    counts = offsets[1:] - offsets[:-1]
+    m2f, conf = means2d.reshape(-1, 2), conics.reshape(-1, 3)
+    opf, ff = opacities.reshape(-1), feats.reshape(-1, D)
+    # Pixel coordinates and flat output indices of every tile slot (edge slots marked -1).
+    ly, lx = torch.meshgrid(torch.arange(TILE), torch.arange(TILE), indexing="ij")
+    lx, ly = lx.reshape(-1), ly.reshape(-1)
+    use_ckpt = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means2d, conics, feats, opacities)
+    )
+    out_idx, out_img, out_alpha = [], [], []
+    busy = torch.nonzero(counts > 0).flatten()
+    if busy.numel():
+        bucket = torch.ceil(torch.log2(counts[busy].to(torch.float64))).long()
+        for b in torch.unique(bucket).tolist():
+            tiles = busy[bucket == b]
+            K = 1 << int(b)
+            per_chunk = max(1, _CHUNK_ELEMS // (TILE * TILE * K))
+            for s in range(0, tiles.numel(), per_chunk):
+                tl = tiles[s : s + per_chunk]
+                cam, t = tl // n_tiles, tl % n_tiles
+                px = (t % tx)[:, None] * TILE + lx[None]
+                py = (t // tx)[:, None] * TILE + ly[None]
+                inside = (px < width) & (py < height)
+                slot = offsets[tl][:, None] + torch.arange(K)[None]
+                pad = slot >= offsets[tl + 1][:, None]
+                g = ids[slot.clamp_max(max(ids.numel() - 1, 0))]
+                pix = torch.stack([px, py], dim=-1).to(dtype) + 0.5
+                args = (pix, pad, m2f[g], conf[g], opf[g], ff[g])
+                img, alpha = (checkpoint(_tile_chunk, *args, use_reentrant=False)
+                              if use_ckpt else _tile_chunk(*args))
+                flat = (cam[:, None] * height + py) * width + px
+                out_idx.append(flat[inside])
+                out_img.append(img[inside])
+                out_alpha.append(alpha[inside])
+    img_full = torch.zeros(C * height * width, D, dtype=dtype, device=device)
+    alpha_full = torch.zeros(C * height * width, dtype=dtype, device=device)
+    if out_idx:
+        idx = torch.cat(out_idx)
+        img_full = img_full.index_copy(0, idx, torch.cat(out_img))
+        alpha_full = alpha_full.index_copy(0, idx, torch.cat(out_alpha))
+    return img_full.reshape(C, height, width, D), alpha_full.reshape(C, height, width, 1)
+
+
+# --------------------------------------------------------------------------- entry point
+def composite(
+    means2d: Tensor,  # [C,N,2]
+    conics: Tensor,  # [C,N,3]
+    feats: Tensor,  # [C,N,D]
+    opacities: Tensor,  # [C,N]
+    depths: Tensor,  # [C,N]
+    radii: Tensor,  # [C,N,2] int32
+    width: int,
+    height: int,
+    use_ext: Optional[bool] = None,
+) -> tuple[Tensor, Tensor]:
+    """Accumulated features [C,H,W,D] (no background) and alpha [C,H,W,1].
+
+    ``use_ext``: None = the C++ kernel when available, True = require it, False = pure torch.
+    """
+    dtype = feats.dtype
+    conics, opacities = conics.to(dtype), opacities.to(dtype)
+    means2d = means2d.to(dtype)
+    radii = radii.to(torch.int32).contiguous()
+    with one_thread():
+        order = depth_order(depths, radii)
+    lib = None
+    if use_ext is not False and dtype in (torch.float32, torch.float64) and feats.device.type == "cpu":
+        lib = _build.load()
+    if use_ext and lib is None:
+        raise RuntimeError(f"C++ CPU rasterizer unavailable: {_build._error}")
+    if lib is None:
+        return composite_torch(means2d, conics, feats, opacities, radii, order, width, height)
+    n_threads = kernel_threads()
+    with one_thread():
+        offsets, ids = _bin_ext(lib, means2d, radii, order, width, height, n_threads)
+    return _ExtRasterize.apply(
+        means2d, conics, feats, opacities, radii, offsets, ids, width, height, lib, n_threads
+    )

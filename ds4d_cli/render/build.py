@@ -1,0 +1,152 @@
+"""Build and load the C++ CPU compositor (``csrc/raster.cpp``) as a plain shared library.
+
+The kernel has a C ABI and no torch headers, so one ``g++`` call builds it in a few seconds.
+The library is cached per source hash under ``$DS4D_CACHE_DIR`` (default
+``~/.cache/ds4d``), written atomically so concurrent processes never load half a file.
+``make setup`` runs ``python -m ds4d_cli.render.build``; otherwise the first CPU render builds
+it. Set ``DS4D_RENDER_EXT=0`` to force the pure-torch fallback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+SOURCE = Path(__file__).with_name("csrc") / "raster.cpp"
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=off"]
+ABI_VERSION = 1
+
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_tried = False
+_error: Optional[str] = None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("DS4D_CACHE_DIR")
+    if base:
+        return Path(base) / "render"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg or Path.home() / ".cache") / "ds4d" / "render"
+
+
+def compiler() -> Optional[str]:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+def library_path() -> Path:
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    return cache_dir() / f"ds4d_raster_{digest}.so"
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile the kernel if its cached library is missing; return the library path."""
+    target = library_path()
+    if target.exists():
+        return target
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [cxx, *FLAGS, str(SOURCE), "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{proc.stderr.strip()}")
+        if verbose and proc.stderr:
+            print(proc.stderr, file=sys.stderr)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    P, I64, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for sfx in ("f32", "f64"):
+        getattr(lib, f"ds4d_count_tiles_{sfx}").argtypes = [I64, I64, I, I, P, P, P]
+        getattr(lib, f"ds4d_fill_tiles_{sfx}").argtypes = [I64, I64, I, I, P, P, P, P, P, I]
+        getattr(lib, f"ds4d_forward_{sfx}").argtypes = [I64, I64, I, I, I] + [P] * 10 + [I]
+        getattr(lib, f"ds4d_backward_{sfx}").argtypes = [I64, I64, I, I, I] + [P] * 15 + [I]
+        for name in ("count_tiles", "fill_tiles", "forward", "backward"):
+            getattr(lib, f"ds4d_{name}_{sfx}").restype = None
+
+
+def load(auto_build: bool = True) -> Optional[ctypes.CDLL]:
+    """The loaded kernel library, or None (the caller falls back to pure torch).
+
+    Tries once per process; a failed build warns once with the reason.
+    """
+    global _lib, _tried, _error
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        if os.environ.get("DS4D_RENDER_EXT", "1").lower() in ("0", "off", "false", "no"):
+            _error = "disabled by DS4D_RENDER_EXT"
+            return None
+        try:
+            path = library_path()
+            if not path.exists():
+                if not auto_build:
+                    _error = "not built (run: python -m ds4d_cli.render.build)"
+                    return None
+                path = build()
+            lib = ctypes.CDLL(str(path))
+            if lib.ds4d_raster_abi_version() != ABI_VERSION:
+                raise RuntimeError("stale kernel library (ABI mismatch)")
+            _declare(lib)
+            _lib = lib
+        except Exception as exc:  # any failure means: use the torch fallback
+            _error = str(exc)
+            warnings.warn(
+                f"ds4d: C++ CPU rasterizer unavailable ({_error.splitlines()[0]}); "
+                "using the slower pure-torch path",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return _lib
+
+
+def status() -> str:
+    """One line for `ds4d doctor`: where the kernel is, or why it is not used."""
+    lib = load()
+    if lib is not None:
+        return f"C++ CPU rasterizer: {library_path()}"
+    return f"C++ CPU rasterizer: unavailable ({_error}); pure-torch fallback"
+
+
+def main() -> int:
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        path = build(verbose=True)
+    except Exception as exc:
+        print(f"ds4d: building the CPU rasterizer failed: {exc}", file=sys.stderr)
+        print("ds4d: the pure-torch fallback will be used (slower)", file=sys.stderr)
+        return 1
+    lib = load()
+    if lib is None:
+        print(f"ds4d: built {path} but it does not load: {_error}", file=sys.stderr)
+        return 1
+    print(f"CPU rasterizer ready: {path} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
