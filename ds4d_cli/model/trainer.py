@@ -1,0 +1,418 @@
+"""The DS4D optimisation loop over tensors (no files, no terminal: it reports through a callback).
+
+One step:
+  1. pick B frames (t, t+1 and random others: the neighbour pair gives the temporal-smoothness
+     term for free);
+  2. frame features F[t, v] of every view of those frames (encoder; cached if frozen);
+  3. canonical Gaussian centres sample F by projection (visibility from a render of the canonical
+     set, refreshed whenever the set changes);
+  4. DSFD against the clip reference R (feature maps of the middle frame and the temporal mean;
+     cached, refreshed every ``ref_refresh_every`` steps while a joint encoder learns);
+  5. TSSF over the V views -> fused per-Gaussian feature; HexPlane + MLP -> deformation;
+  6. ONE batched render of all B x V (frame, view) pairs; weighted RGB/D-SSIM/mask losses;
+  7. backward, gsplat DefaultStrategy densify/prune, optimiser steps, our own opacity reset
+     (gsplat 1.5.3's never fires).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from gsplat.strategy import DefaultStrategy
+from gsplat.strategy.ops import reset_opa
+from torch import Tensor, nn
+
+from ds4d_cli.gaussians import Gaussians
+from ds4d_cli.render import render
+
+from . import dsfd as dsfd_mod
+from .deformation import DeformationNet
+from .features import build_encoder
+from .init import init_points, rgb_to_sh0
+from .losses import image_losses
+from .sampling import project, sample_maps, to_grid, visibility
+from .tssf import TSSF
+
+GAUSSIAN_LRS = {"means": 1.6e-3, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 1.25e-4}
+
+
+@dataclass
+class FitData:
+    """Everything the optimisation sees. View 0 is the input (reference) view."""
+
+    images: Tensor  # [T, V, H, W, 4] float in [0, 1], straight alpha
+    viewmats: Tensor  # [V, 4, 4] world-to-camera (OpenCV)
+    Ks: Tensor  # [V, 3, 3] pixel intrinsics at H x W
+    frame_times: Tensor  # [T] in [0, 1)
+    view_weights: Tensor  # [V] loss weight per view
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.images.shape[1])
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_frames: int = 2
+    num_gaussians: int = 2000  # initial count
+    max_gaussians: int = 6000  # densification stops growing beyond this
+    lr: float = 1.0  # multiplier on every learning rate
+    ssim_weight: float = 0.2
+    mask_weight: float = 1.0
+    smooth_weight: float = 0.1  # |deformation(t) - deformation(t+1)|^2
+    plane_smooth_weight: float = 0.01  # HexPlane time-plane 2nd differences
+    densify: bool = True
+    densify_from: int = 100
+    densify_every: int = 100
+    densify_until: float = 0.6  # fraction of the steps
+    grow_grad2d: float = 0.0002
+    prune_opacity: float = 0.005
+    opacity_reset_every: int = 0  # 0 = never (short fits); our reset, gsplat 1.5.3's is dead
+    use_dsfd: bool = True
+    fusion: str = "da"  # "da" | "ga" | "mean" ("mean" = --no-tssf)
+    feat_dim: int = 16
+    encoder_path: Optional[str] = None
+    bound: float = 1.0
+    sh_degree: int = 0
+    hex_resolutions: tuple[int, ...] = (32, 64)
+    mlp_width: int = 64
+    ref_refresh_every: int = 25
+    visibility_every: int = 100
+    random_background: bool = True
+    backend: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class StepStats:
+    step: int
+    loss: float
+    psnr: float  # input view, batch frames, over the step's background
+    num_gaussians: int
+    losses: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _psnr(a: Tensor, b: Tensor) -> float:
+    mse = float((a - b).pow(2).mean())
+    return 100.0 if mse <= 1e-10 else -10 * math.log10(mse)
+
+
+class Trainer:
+    def __init__(self, data: FitData, cfg: TrainConfig, device: str | torch.device = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.data = FitData(*(x.to(self.device) if isinstance(x, Tensor) else x for x in (
+            data.images.float(), data.viewmats.float(), data.Ks.float(), data.frame_times.float(),
+            data.view_weights.float())))
+        torch.manual_seed(cfg.seed)
+        self.rng = random.Random(cfg.seed)
+        self.step_count = 0
+        T, V, H, W, _ = self.data.images.shape
+        self.H, self.W = H, W
+
+        gen = torch.Generator().manual_seed(cfg.seed)
+        mid = T // 2
+        pts = init_points(self.data.images[mid].cpu(), self.data.viewmats.cpu(), self.data.Ks.cpu(),
+                          cfg.num_gaussians, bound=cfg.bound, generator=gen)
+        self.init_method = pts.method
+        g = Gaussians.from_points(pts.means, pts.colors, sh_degree=cfg.sh_degree, scale=pts.spacing, opacity=0.5)
+        self.gaussians = g.to(self.device)
+
+        self.encoder = build_encoder(cfg.encoder_path, cfg.feat_dim).to(self.device)
+        fdim = self.encoder.out_dim
+        gdim = 2 * fdim if cfg.use_dsfd else fdim
+        self.tssf = TSSF(V, cfg.fusion).to(self.device)
+        self.deform = DeformationNet(
+            gdim, bound=cfg.bound, time_resolution=max(2, min(T, 25)), hex_resolutions=cfg.hex_resolutions,
+            width=cfg.mlp_width,
+        ).to(self.device)
+
+        lr = cfg.lr
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            k: torch.optim.Adam([{"params": [p], "lr": GAUSSIAN_LRS[k] * lr, "name": k}], eps=1e-15)
+            for k, p in self.gaussians.params.items()
+        }
+        net_groups = [
+            {"params": list(self.deform.hexplane.parameters()), "lr": 1e-2 * lr, "name": "grid"},
+            {"params": [p for n, p in self.deform.named_parameters() if not n.startswith("hexplane.")],
+             "lr": 1e-3 * lr, "name": "mlp"},
+        ]
+        tssf_params = list(self.tssf.parameters())
+        if tssf_params:
+            net_groups.append({"params": tssf_params, "lr": 1e-2 * lr, "name": "tssf"})
+        if getattr(self.encoder, "trainable", False):
+            net_groups.append({"params": list(self.encoder.parameters()), "lr": 1e-3 * lr, "name": "encoder"})
+        self.net_opt = torch.optim.Adam(net_groups)
+        self._base_lrs = {id(g): g["lr"] for g in self.net_opt.param_groups}
+
+        self.strategy = DefaultStrategy(
+            prune_opa=cfg.prune_opacity,
+            grow_grad2d=cfg.grow_grad2d,
+            refine_start_iter=cfg.densify_from,
+            refine_stop_iter=int(cfg.densify_until * cfg.steps),
+            refine_every=cfg.densify_every,
+            # gsplat 1.5.3 never fires its own reset (operator precedence); keep its pruning
+            # schedule consistent with ours and reset in _maybe_reset_opacity.
+            reset_every=cfg.opacity_reset_every if cfg.opacity_reset_every > 0 else 10**9,
+        )
+        self.strategy.check_sanity(self.gaussians.params, self.optimizers)
+        self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+        self.opacity_resets: list[int] = []
+
+        self._feat_cache: Optional[Tensor] = None  # [T, V, C, h, w] when the encoder is frozen
+        self._ref_maps: Optional[Tensor] = None  # [V, C, h, w]
+        self._ref_step = -1
+        self._vis: Optional[Tensor] = None
+        self._vis_step = -1
+
+    # ------------------------------------------------------------------ features
+    def _encode(self, images: Tensor) -> Tensor:
+        """[B, V, H, W, 4] -> [B, V, C, h, w]."""
+        b, v = images.shape[:2]
+        f = self.encoder(images.reshape(b * v, *images.shape[2:]))
+        return f.view(b, v, *f.shape[1:])
+
+    @torch.no_grad()
+    def _all_features(self) -> Tensor:
+        chunks = [self._encode(self.data.images[i : i + 4]) for i in range(0, self.data.num_frames, 4)]
+        return torch.cat(chunks, 0)
+
+    def _frame_features(self, frames: list[int]) -> Tensor:
+        if not getattr(self.encoder, "trainable", False):
+            if self._feat_cache is None:
+                self._feat_cache = self._all_features()
+            return self._feat_cache[frames]
+        return self._encode(self.data.images[frames])
+
+    def _reference(self) -> Tensor:
+        frozen = not getattr(self.encoder, "trainable", False)
+        stale = self._ref_maps is None or (not frozen and self.step_count - self._ref_step >= self.cfg.ref_refresh_every)
+        if stale:
+            feats = self._feat_cache if frozen and self._feat_cache is not None else self._all_features()
+            if frozen:
+                self._feat_cache = feats
+            self._ref_maps = dsfd_mod.reference_from_clip(feats, time_dim=0).detach()
+            self._ref_step = self.step_count
+        return self._ref_maps
+
+    @torch.no_grad()
+    def _visibility(self) -> Tensor:
+        n = self.gaussians.num_gaussians
+        if self._vis is not None and self._vis.shape[1] == n and self.step_count - self._vis_step < self.cfg.visibility_every:
+            return self._vis
+        g = self.gaussians
+        out = render(g.means, g.quats, g.scales, g.opacities, self._colors(), self.data.viewmats, self.data.Ks,
+                     self.W, self.H, backend=self.cfg.backend, sh_degree=self._sh_arg())
+        uv, z = project(g.means, self.data.viewmats, self.data.Ks)
+        self._vis = visibility(z, to_grid(uv, self.W, self.H), out.alpha, out.depth)
+        self._vis_step = self.step_count
+        return self._vis
+
+    def _colors(self) -> Tensor:
+        if self.cfg.sh_degree > 0:
+            return self.gaussians.sh
+        return self.gaussians.colors
+
+    def _sh_arg(self) -> Optional[int]:
+        return self.cfg.sh_degree if self.cfg.sh_degree > 0 else None
+
+    def fused_features(self, frames: list[int]) -> Tensor:
+        """Per-Gaussian fused frame feature [B, N, D] for ``frames`` (DSFD -> TSSF)."""
+        means = self.gaussians.means.detach()
+        uv, _ = project(means, self.data.viewmats, self.data.Ks)
+        grid = to_grid(uv, self.W, self.H)
+        f = sample_maps(self._frame_features(frames), grid)  # [B, V, N, C]
+        if self.cfg.use_dsfd:
+            ref = sample_maps(self._reference().unsqueeze(0), grid)[0]  # [V, N, C]
+            f = dsfd_mod.dsfd(f, ref)
+        return self.tssf(f, self._visibility())
+
+    def deformed(self, frames: list[int]):
+        """Deformed Gaussians for ``frames``: (means, quats, log-scales), each [B, N, .], + offsets."""
+        g = self.gaussians.params
+        feat = self.fused_features(frames)
+        t = self.data.frame_times[frames]
+        return self.deform(g["means"], g["quats"], g["scales"], t, feat)
+
+    # ------------------------------------------------------------------ step
+    def _pick_frames(self) -> list[int]:
+        T = self.data.num_frames
+        if T == 1:
+            return [0]
+        t0 = self.rng.randrange(T - 1)
+        frames = [t0, t0 + 1]
+        while len(frames) < min(self.cfg.batch_frames, T):
+            frames.append(self.rng.randrange(T))
+        return frames
+
+    def _update_lrs(self) -> None:
+        """Exponential decay to 1% (means) / 10% (network) of the initial rate over the fit."""
+        s = min(1.0, self.step_count / max(1, self.cfg.steps))
+        opt = self.optimizers["means"]
+        opt.param_groups[0]["lr"] = GAUSSIAN_LRS["means"] * self.cfg.lr * (0.01 ** s)
+        for grp in self.net_opt.param_groups:
+            if grp["name"] in ("grid", "mlp"):
+                base = (1e-2 if grp["name"] == "grid" else 1e-3) * self.cfg.lr
+                grp["lr"] = base * (0.1 ** s)
+
+    def render_batch(self, means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor,
+                     background: Optional[Tensor] = None):
+        """Render B deformed copies from V cameras each in one call (C = B * V)."""
+        b, v = means.shape[0], viewmats.shape[0]
+        rep = lambda x: x.unsqueeze(1).expand(-1, v, -1, -1).reshape(b * v, *x.shape[1:])  # noqa: E731
+        return render(
+            rep(means), F.normalize(rep(quats), dim=-1), torch.exp(rep(scales)), self.gaussians.opacities,
+            self._colors(), viewmats.repeat(b, 1, 1), Ks.repeat(b, 1, 1), self.W, self.H,
+            background=None, backend=self.cfg.backend, sh_degree=self._sh_arg(),
+        )
+
+    def step(self) -> StepStats:
+        t_start = time.perf_counter()
+        cfg = self.cfg
+        self._update_lrs()
+        frames = self._pick_frames()
+        d = self.deformed(frames)
+        V = self.data.num_views
+        out = self.render_batch(d.means, d.quats, d.scales, self.data.viewmats, self.data.Ks)
+        bg = torch.rand(3, device=self.device) if cfg.random_background else torch.ones(3, device=self.device)
+        pred = out.rgb + (1 - out.alpha) * bg
+        target = self.data.images[frames].reshape(len(frames) * V, self.H, self.W, 4)
+        weights = self.data.view_weights.repeat(len(frames))
+        losses = image_losses(pred, out.alpha, target, bg, weights, cfg.ssim_weight, cfg.mask_weight)
+        loss = losses["total"]
+        if len(frames) >= 2 and cfg.smooth_weight > 0:
+            smooth = (d.d_means[0] - d.d_means[1]).pow(2).sum(-1).mean()
+            losses["smooth"] = smooth
+            loss = loss + cfg.smooth_weight * smooth
+        if cfg.plane_smooth_weight > 0:
+            ps = self.deform.hexplane.smoothness()
+            losses["plane"] = ps
+            loss = loss + cfg.plane_smooth_weight * ps
+
+        densify = cfg.densify and "means2d" in out.info
+        if densify:
+            self.strategy.step_pre_backward(self.gaussians.params, self.optimizers, self.strategy_state,
+                                            self.step_count, out.info)
+        loss.backward()
+        n_before = self.gaussians.num_gaussians
+        if densify:
+            self._densify(out.info)
+        for opt in self.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.net_opt.step()
+        self.net_opt.zero_grad(set_to_none=True)
+        self.step_count += 1
+        self._maybe_reset_opacity()
+        if self.gaussians.num_gaussians != n_before:
+            self._vis = None
+
+        with torch.no_grad():
+            inp = [i * V for i in range(len(frames))]
+            p = _psnr(pred[inp].clamp(0, 1), target[inp][..., :3] * target[inp][..., 3:] + (1 - target[inp][..., 3:]) * bg)
+        return StepStats(self.step_count, float(loss), p, self.gaussians.num_gaussians,
+                         {k: float(v) for k, v in losses.items()}, time.perf_counter() - t_start)
+
+    def _densify(self, info: dict[str, Any]) -> None:
+        over = self.gaussians.num_gaussians >= self.cfg.max_gaussians
+        saved = self.strategy.grow_grad2d
+        if over:  # keep pruning, stop growing
+            self.strategy.grow_grad2d = float("inf")
+        try:
+            self.strategy.step_post_backward(self.gaussians.params, self.optimizers, self.strategy_state,
+                                             self.step_count, info, packed=False)
+        finally:
+            self.strategy.grow_grad2d = saved
+
+    def _maybe_reset_opacity(self) -> None:
+        every = self.cfg.opacity_reset_every
+        if every > 0 and self.step_count % every == 0 and self.step_count < self.strategy.refine_stop_iter:
+            reset_opa(self.gaussians.params, self.optimizers, self.strategy_state, value=self.cfg.prune_opacity * 2.0)
+            self.opacity_resets.append(self.step_count)
+
+    def train(self, callback: Optional[Callable[[StepStats], Optional[bool]]] = None) -> None:
+        """Step until ``cfg.steps``; ``callback(stats)`` after each step may return False to stop."""
+        while self.step_count < self.cfg.steps:
+            stats = self.step()
+            if callback is not None and callback(stats) is False:
+                return
+
+    # ------------------------------------------------------------------ outputs
+    @torch.no_grad()
+    def bake(self, chunk: int = 4) -> dict[str, Tensor]:
+        """Deformed Gaussians of every frame: means/quats [T,N,.], log-scales [T,N,3], + shared raw params."""
+        T = self.data.num_frames
+        means, quats, scales = [], [], []
+        for i in range(0, T, chunk):
+            d = self.deformed(list(range(i, min(T, i + chunk))))
+            means.append(d.means)
+            quats.append(F.normalize(d.quats, dim=-1))
+            scales.append(d.scales)
+        g = self.gaussians.params
+        return {
+            "means": torch.cat(means).cpu(), "quats": torch.cat(quats).cpu(), "scales": torch.cat(scales).cpu(),
+            "opacities": g["opacities"].detach().cpu(), "sh0": g["sh0"].detach().cpu(), "shN": g["shN"].detach().cpu(),
+            "frame_times": self.data.frame_times.cpu(),
+        }
+
+    @torch.no_grad()
+    def render_frames(self, frames: list[int], views: Optional[list[int]] = None,
+                      background: float = 1.0) -> Tensor:
+        """RGB [B, V', H, W, 3] of ``frames`` from the training cameras ``views`` over a grey level."""
+        views = list(range(self.data.num_views)) if views is None else views
+        d = self.deformed(frames)
+        out = self.render_batch(d.means, d.quats, d.scales, self.data.viewmats[views], self.data.Ks[views])
+        rgb = out.rgb + (1 - out.alpha) * background
+        return rgb.view(len(frames), len(views), self.H, self.W, 3).clamp(0, 1)
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step_count,
+            "gaussians": {k: v.detach().cpu() for k, v in self.gaussians.params.items()},
+            "encoder": self.encoder.state_dict() if getattr(self.encoder, "trainable", False) else None,
+            "tssf": self.tssf.state_dict(),
+            "deform": self.deform.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "net_opt": self.net_opt.state_dict(),
+            "strategy_state": {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in self.strategy_state.items()},
+            "opacity_resets": list(self.opacity_resets),
+            "rng_python": self.rng.getstate(),
+            "rng_torch": torch.get_rng_state(),
+            "config": asdict(self.cfg),
+            "init_method": self.init_method,
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        params = {k: nn.Parameter(v.to(self.device)) for k, v in sd["gaussians"].items()}
+        self.gaussians.params = nn.ParameterDict(params)
+        for k, opt in self.optimizers.items():
+            opt.param_groups[0]["params"] = [self.gaussians.params[k]]
+            opt.state.clear()
+            opt.load_state_dict(sd["optimizers"][k])
+        if sd.get("encoder") is not None:
+            self.encoder.load_state_dict(sd["encoder"])
+        self.tssf.load_state_dict(sd["tssf"])
+        self.deform.load_state_dict(sd["deform"])
+        self.net_opt.load_state_dict(sd["net_opt"])
+        self.strategy_state = {k: (v.to(self.device) if isinstance(v, Tensor) else v)
+                               for k, v in sd["strategy_state"].items()}
+        self.opacity_resets = list(sd.get("opacity_resets", []))
+        self.rng.setstate(sd["rng_python"])
+        torch.set_rng_state(sd["rng_torch"])
+        self.step_count = int(sd["step"])
+        self.init_method = sd.get("init_method", self.init_method)
+        self._vis = None
+        self._ref_maps = None

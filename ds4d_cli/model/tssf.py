@@ -1,0 +1,99 @@
+"""TSSF — similarity fusion of per-view features (the V+1 views of one frame).
+
+Input: ``g`` [B, V, N, C], the (DSFD-decoupled) feature each Gaussian samples from each view
+(view 0 is the input/reference view), and ``vis`` [V, N] or [B, V, N] in [0, 1]: how visible the
+Gaussian is in that view. Hidden points contribute zeros (``g * vis``) and are left out of the
+weights. Output: [B, N, C].
+
+Variants:
+- ``mean`` (ablation, ``--no-tssf``): visibility-weighted mean over views.
+- ``ga``: a learned logit per view, w = softmax_v(a_v) over visible views, out = sum_v w_v g_v.
+- ``da`` (default): distance-aware. The anchor is the input view's feature g_0 (where the point is
+  hidden in the input view, the visibility-weighted mean of all views stands in):
+      d_v = mean_c |g_v - anchor|                      L1 distance, per point
+      w_v = softmax_v(-d_v / (tau * mean_v' d_v'))     closer to the anchor = higher weight
+      out = 0.5 * (anchor + sum_v w_v g_v)             combined with the input view's feature
+  Dividing by the mean distance makes the weighting independent of the feature scale (which
+  drifts while a jointly-trained encoder learns); ``tau`` is a learned temperature. The exact
+  weighting is not published; this is our documented choice.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Fusion = Literal["da", "ga", "mean"]
+FUSIONS = ("da", "ga", "mean")
+_NEG = -1e4
+
+
+def _vis4(vis: Tensor, g: Tensor) -> Tensor:
+    """Visibility as [B, V, N, 1] (broadcast over the batch if given per view only)."""
+    if vis.dim() == 2:
+        vis = vis.unsqueeze(0)
+    return vis.expand(g.shape[0], -1, -1).unsqueeze(-1).to(g.dtype)
+
+
+def mean_fusion(g: Tensor, vis: Tensor, eps: float = 1e-6) -> Tensor:
+    v = _vis4(vis, g)
+    return (g * v).sum(1) / (v.sum(1) + eps)
+
+
+def masked_softmax(logits: Tensor, vis: Tensor, dim: int = 1) -> Tensor:
+    """Softmax over ``dim`` where weights of hidden entries (vis ~ 0) are pushed to zero.
+
+    Multiplying by visibility after the softmax and renormalising keeps soft visibility
+    meaningful; a point hidden everywhere gets all-zero weights.
+    """
+    w = torch.softmax(logits.masked_fill(vis <= 1e-3, _NEG), dim=dim) * vis
+    return w / w.sum(dim, keepdim=True).clamp_min(1e-6)
+
+
+def da_weights(g: Tensor, vis: Tensor, tau: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+    """Distance-aware weights [B, V, N, 1] and the anchor feature [B, N, C]."""
+    v = _vis4(vis, g)
+    gv = g * v
+    mean = gv.sum(1) / (v.sum(1) + 1e-6)
+    v0 = v[:, 0]
+    anchor = v0 * gv[:, 0] + (1 - v0) * mean
+    dist = (gv - anchor.unsqueeze(1)).abs().mean(-1, keepdim=True)  # [B, V, N, 1]
+    scale = (dist * v).sum(1, keepdim=True) / (v.sum(1, keepdim=True) + 1e-6) + 1e-6
+    w = masked_softmax(-dist / (scale * tau), v, dim=1)
+    return w, anchor
+
+
+class TSSF(nn.Module):
+    """Fuses [B, V, N, C] per-view features into [B, N, C] with one of ``FUSIONS``."""
+
+    def __init__(self, num_views: int, mode: Fusion = "da") -> None:
+        super().__init__()
+        if mode not in FUSIONS:
+            raise ValueError(f"unknown fusion {mode!r}; expected one of {FUSIONS}")
+        self.mode = mode
+        self.view_logits = nn.Parameter(torch.zeros(num_views)) if mode == "ga" else None
+        self.log_tau = nn.Parameter(torch.zeros(())) if mode == "da" else None
+
+    def weights(self, g: Tensor, vis: Tensor) -> Tensor:
+        """Per-view weights [B, V, N] (for inspection and tests)."""
+        v = _vis4(vis, g)
+        if self.mode == "mean":
+            return (v / v.sum(1, keepdim=True).clamp_min(1e-6)).squeeze(-1)
+        if self.mode == "ga":
+            logits = self.view_logits.view(1, -1, 1, 1).expand_as(v)
+            return masked_softmax(logits, v).squeeze(-1)
+        w, _ = da_weights(g, vis, self.log_tau.exp())
+        return w.squeeze(-1)
+
+    def forward(self, g: Tensor, vis: Tensor) -> Tensor:
+        if self.mode == "mean":
+            return mean_fusion(g, vis)
+        v = _vis4(vis, g)
+        if self.mode == "ga":
+            logits = self.view_logits.view(1, -1, 1, 1).expand_as(v)
+            w = masked_softmax(logits, v)
+            return (w * g * v).sum(1)
+        w, anchor = da_weights(g, vis, self.log_tau.exp())
+        return 0.5 * (anchor + (w * g * v).sum(1))

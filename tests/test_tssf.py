@@ -1,0 +1,66 @@
+"""TSSF on hand-made per-view features: agreement is rewarded, hidden views are ignored."""
+
+from __future__ import annotations
+
+import torch
+
+from ds4d_cli.model.tssf import TSSF, mean_fusion
+
+
+def _views(disagree: int = 3, B: int = 2, V: int = 5, N: int = 40, C: int = 8):
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(B, 1, N, C, generator=gen)
+    g = base + 0.05 * torch.randn(B, V, N, C, generator=gen)
+    g[:, disagree] = torch.randn(B, N, C, generator=gen) * 2  # an inconsistent generated view
+    return g
+
+
+def test_da_gives_disagreeing_view_lower_weight():
+    g = _views(disagree=3)
+    vis = torch.ones(5, 40)
+    w = TSSF(5, "da").weights(g, vis)  # [B, V, N]
+    torch.testing.assert_close(w.sum(1), torch.ones(2, 40))
+    others = torch.cat([w[:, :3], w[:, 4:]], dim=1)
+    assert (w[:, 3] < others.min(1).values).all()
+    # and the fused feature stays near the consistent ones
+    fused = TSSF(5, "da")(g, vis)
+    consistent = g[:, [0, 1, 2, 4]].mean(1)
+    assert (fused - consistent).abs().mean() < (mean_fusion(g, vis) - consistent).abs().mean()
+
+
+def test_hidden_views_get_zero_weight_and_do_not_leak():
+    g = _views()
+    vis = torch.ones(5, 40)
+    vis[2, :20] = 0  # view 2 hides the first 20 points
+    for mode in ("da", "ga", "mean"):
+        m = TSSF(5, mode)
+        w = m.weights(g, vis)
+        assert w[:, 2, :20].abs().max() == 0
+        g2 = g.clone()
+        g2[:, 2, :20] = 1e3  # garbage where hidden must not change the output
+        torch.testing.assert_close(m(g2, vis)[:, :20], m(g, vis)[:, :20])
+
+
+def test_point_hidden_in_input_view_still_fused():
+    g = _views()
+    vis = torch.ones(5, 40)
+    vis[0] = 0  # input view sees nothing
+    out = TSSF(5, "da")(g, vis)
+    assert torch.isfinite(out).all()
+    assert (out - g[:, 1:].mean(1)).abs().mean() < 0.5
+
+
+def test_ga_weights_are_learned_per_view():
+    m = TSSF(4, "ga")
+    with torch.no_grad():
+        m.view_logits.copy_(torch.tensor([2.0, 0.0, 0.0, -2.0]))
+    w = m.weights(torch.randn(1, 4, 10, 6), torch.ones(4, 10))
+    assert (w[:, 0] > w[:, 1]).all() and (w[:, 1] > w[:, 3]).all()
+
+
+def test_mean_fusion_is_visibility_weighted_mean():
+    g = torch.arange(3.0).view(1, 3, 1, 1).expand(1, 3, 2, 4)
+    vis = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    out = TSSF(3, "mean")(g, vis)
+    torch.testing.assert_close(out[0, 0], torch.full((4,), 0.5))
+    torch.testing.assert_close(out[0, 1], torch.full((4,), 1.0))
