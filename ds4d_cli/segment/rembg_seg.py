@@ -125,8 +125,10 @@ class RembgSegmenter:
     def _predict(self, rgb: np.ndarray) -> np.ndarray:
         from PIL import Image
 
-        mask = self.session.predict(Image.fromarray(rgb))[0]  # type: ignore[attr-defined]
-        return np.asarray(mask, dtype=np.float32) / 255.0
+        # rembg min-max normalises each prediction: a flat frame divides 0 by 0 (NaN -> 0 here).
+        with np.errstate(all="ignore"):
+            mask = self.session.predict(Image.fromarray(rgb))[0]  # type: ignore[attr-defined]
+        return np.nan_to_num(np.asarray(mask, dtype=np.float32) / 255.0)
 
     def soft_mask(self, rgb: np.ndarray) -> np.ndarray:
         """Average soft mask over the views of one frame (float32 HxW in [0, 1])."""
