@@ -32,6 +32,15 @@ class VideoInfo:
     fps: float
     frame_count: int
     size: tuple[int, int]  # (W, H)
+    container_duration_s: float | None = None  # what the file's header claims (videos only)
+
+    @property
+    def looks_truncated(self) -> bool:
+        """The header promises clearly more frames than decode (a cut-off download or copy)."""
+        if not self.container_duration_s:
+            return False
+        promised = self.container_duration_s * self.fps
+        return self.frame_count < 0.8 * promised and promised - self.frame_count > 2
 
     @property
     def duration_s(self) -> float:
@@ -104,7 +113,9 @@ def probe(path: str | Path, folder_fps: float = DEFAULT_FOLDER_FPS) -> VideoInfo
     if not math.isfinite(fps) or fps <= 0:
         fps = DEFAULT_FOLDER_FPS
     w, h = meta["size"]
-    return VideoInfo(path, "video", fps, int(count), (int(w), int(h)))
+    claimed = meta.get("duration")
+    claimed = float(claimed) if isinstance(claimed, (int, float)) and math.isfinite(claimed) and claimed > 0 else None
+    return VideoInfo(path, "video", fps, int(count), (int(w), int(h)), claimed)
 
 
 def _image_size(path: Path) -> tuple[int, int]:

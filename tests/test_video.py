@@ -153,3 +153,16 @@ def test_image_folder_with_mixed_sizes(tmp_path: Path) -> None:
 def test_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(Ds4dError, match="holds no images"):
         video.probe(tmp_path)
+
+
+def test_cut_off_faststart_mp4_reads_what_decodes_and_is_flagged(tmp_path: Path) -> None:
+    """moov at the front (faststart): a cut file still decodes its first frames; we notice the cut."""
+    frames = _moving_square(30, 64, 48)
+    data = video.write_mp4(tmp_path / "full.mp4", frames, fps=10).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    full, cut = video.probe(tmp_path / "full.mp4"), video.probe(tmp_path / "cut.mp4")
+    assert not full.looks_truncated
+    assert cut.looks_truncated and 0 < cut.frame_count < 30
+    clip = video.load_clip(tmp_path / "cut.mp4", 100)
+    assert len(clip.frames) == cut.frame_count
+    assert np.abs(clip.frames[-1].astype(int) - frames[cut.frame_count - 1]).mean() < 6.0

@@ -140,6 +140,11 @@ def _has_object(alpha: np.ndarray) -> bool:
 
 def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dict[str, Any]:
     clip = load_clip(opts.source, opts.frames, opts.start, opts.end, info=source_info)
+    if clip.info.looks_truncated:
+        warn(
+            f"{clip.info.path.name} looks truncated: its header says {clip.info.container_duration_s:g}s but only "
+            f"{clip.info.frame_count} frames ({clip.info.duration_s:g}s) decode; using those"
+        )
     if len(clip.frames) < opts.frames:
         info(f"[dim]the clip has only {len(clip.frames)} frames in the chosen window: using all of them[/dim]")
     alphas, segmenter_name, notes = _segment(clip, opts)
