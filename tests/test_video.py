@@ -157,7 +157,8 @@ def test_empty_folder(tmp_path: Path) -> None:
 
 def test_cut_off_faststart_mp4_reads_what_decodes_and_is_flagged(tmp_path: Path) -> None:
     """moov at the front (faststart): a cut file still decodes its first frames; we notice the cut."""
-    frames = _moving_square(30, 64, 48)
+    rng = np.random.default_rng(0)  # noise: every frame takes a similar share of the file
+    frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(30)]
     data = video.write_mp4(tmp_path / "full.mp4", frames, fps=10).read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
     full, cut = video.probe(tmp_path / "full.mp4"), video.probe(tmp_path / "cut.mp4")
@@ -165,4 +166,5 @@ def test_cut_off_faststart_mp4_reads_what_decodes_and_is_flagged(tmp_path: Path)
     assert cut.looks_truncated and 0 < cut.frame_count < 30
     clip = video.load_clip(tmp_path / "cut.mp4", 100)
     assert len(clip.frames) == cut.frame_count
-    assert np.abs(clip.frames[-1].astype(int) - frames[cut.frame_count - 1]).mean() < 6.0
+    last = clip.frames[-1].astype(int)
+    assert np.abs(last - frames[cut.frame_count - 1]).mean() < np.abs(last - frames[cut.frame_count - 2]).mean()
