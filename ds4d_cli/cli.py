@@ -218,7 +218,9 @@ _PRIOR = typer.Option(
     help="zero123pp (diffusion; needs its weights), import DIR (views you already have), none (input view only). "
     "auto = zero123pp when its weights are present, else none.",
 )
-_VIEWS = typer.Option(None, "--views", help="import only: comma-separated subset of views, e.g. az090,az270.")
+_VIEWS = typer.Option(
+    None, "--views", help="Comma-separated subset of the prior's views, e.g. az090,az270 (import) or az090_el-20 (zero123pp)."
+)
 _DEVICE = typer.Option(Device.auto, "--device", help="auto uses CUDA when available.")
 
 
