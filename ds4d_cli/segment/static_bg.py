@@ -93,29 +93,35 @@ class StaticBgSegmenter:
                 f"static-bg needs at least {MIN_FRAMES_FOR_MEDIAN} frames for its background model (got {len(frames)})",
                 hint="use more --frames, pass --background-plate EMPTY.png, or choose --segmenter u2netp",
             )
-        stack = np.stack([f[..., :3] for f in frames]).astype(np.float32)
-        return np.median(stack, axis=0)
+        return _temporal_median(frames)
+
+    def _distances(self, frame: np.ndarray, bg: np.ndarray, raw_bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(blurred colour distance, 3x3-median of the unblurred distance) to the background."""
+        rgb = frame[..., :3].astype(np.float32)
+        diff = _blur(rgb, self.blur_sigma) - bg
+        raw = rgb - raw_bg
+        return np.sqrt((diff * diff).sum(axis=2)), ndi.median_filter(np.sqrt((raw * raw).sum(axis=2)), size=3)
 
     def segment(self, frames: Sequence[np.ndarray], on_frame: Callable[[], None] | None = None) -> list[np.ndarray]:
-        """Soft masks (float32 HxW in [0, 1]) for every frame."""
+        """Soft masks (float32 HxW in [0, 1]) for every frame.
+
+        Two passes keep memory at a few frames' worth: the thresholds come from a subsample of
+        every frame's distances, then each frame's distances are recomputed and thresholded.
+        """
         raw_bg = self.background(frames)
         bg = _blur(raw_bg, self.blur_sigma)
-        dists, pixel_dists = [], []
-        for f in frames:
-            rgb = f[..., :3].astype(np.float32)
-            diff = _blur(rgb, self.blur_sigma) - bg
-            dists.append(np.sqrt((diff * diff).sum(axis=2)))
-            raw = rgb - raw_bg
-            pixel_dists.append(ndi.median_filter(np.sqrt((raw * raw).sum(axis=2)), size=3))
-        low, high, edge = self._thresholds(np.stack(dists), np.stack(pixel_dists))
+        step = max(2, int(np.ceil(np.sqrt(frames[0].shape[0] * frames[0].shape[1] / 65536.0))))
+        samples = [tuple(x[::step, ::step] for x in self._distances(f, bg, raw_bg)) for f in frames]
+        low, high, edge = self._thresholds(np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]))
         self.threshold = low
+        reach = max(1, int(np.ceil(3 * self.blur_sigma)))
         masks = []
-        for d, dp in zip(dists, pixel_dists):
+        for f in frames:
+            d, dp = self._distances(f, bg, raw_bg)
             hard = apply_hysteresis_threshold(d, low, high)
             hard = ndi.binary_closing(hard, structure=_CROSS, border_value=0)
             # The blur spreads a contrasted object by up to 3 sigma: a pixel that near the boundary
             # must differ from the background by itself (beyond the per-pixel noise) to stay.
-            reach = max(1, int(np.ceil(3 * self.blur_sigma)))
             rim = hard & ~ndi.binary_erosion(hard, structure=_SQUARE, iterations=reach)
             hard &= ~(rim & (dp < edge))
             masks.append(_soften(hard, d, low))
@@ -130,7 +136,7 @@ class StaticBgSegmenter:
             )
         return masks
 
-    def _thresholds(self, dists: np.ndarray, pixel_dists: np.ndarray) -> tuple[float, float, float]:
+    def _thresholds(self, sample: np.ndarray, psample: np.ndarray) -> tuple[float, float, float]:
         """(low, high, edge) distance thresholds from the clip's own statistics.
 
         ``high`` (Otsu) marks pixels that surely differ; ``low`` = background median + NOISE_K
@@ -138,16 +144,24 @@ class StaticBgSegmenter:
         seeds through low-contrast parts without picking up isolated noise; ``edge`` is the same
         noise bound on the unblurred distance, used to peel the blurred rim.
         """
-        sample = dists[:, ::2, ::2]
         otsu = otsu_threshold(sample)
-        back = sample[sample < otsu]
-        med, sigma = _robust(back)
+        back = sample < otsu
+        med, sigma = _robust(sample[back])
         low = max(MIN_THRESHOLD, med + NOISE_K * sigma)
         high = max(otsu, low)
-        psample = pixel_dists[:, ::2, ::2]
-        pmed, psigma = _robust(psample[sample < otsu])
+        pmed, psigma = _robust(psample[back])
         edge = pmed + EDGE_K * psigma
         return float(low), float(high), float(edge)
+
+
+def _temporal_median(frames: Sequence[np.ndarray], rows_per_chunk: int = 64) -> np.ndarray:
+    """Per-pixel median over time as float32, computed in bands of rows to bound memory."""
+    h = frames[0].shape[0]
+    out = np.empty(frames[0].shape[:2] + (3,), np.float32)
+    for r0 in range(0, h, rows_per_chunk):
+        band = np.stack([f[r0 : r0 + rows_per_chunk, :, :3] for f in frames])
+        out[r0 : r0 + rows_per_chunk] = np.median(band, axis=0)
+    return out
 
 
 _CROSS = ndi.generate_binary_structure(2, 1)
