@@ -12,19 +12,13 @@ import torch
 from ds4d_cli import cameras as cam
 
 
-def _examples_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "shared" / "examples"
+@pytest.fixture
+def windmill_cameras(windmill_dir: Path) -> dict:
+    return json.loads((windmill_dir / "cameras.json").read_text())
 
 
-def _windmill_cameras() -> dict:
-    path = _examples_dir() / "windmill" / "cameras.json"
-    if not path.exists():
-        pytest.skip(f"example data not found at {path}")
-    return json.loads(path.read_text())
-
-
-def test_orbit_camera_matches_example_cameras_json():
-    data = _windmill_cameras()
+def test_orbit_camera_matches_example_cameras_json(windmill_cameras):
+    data = windmill_cameras
     assert data["views"], "no views in cameras.json"
     for name, view in data["views"].items():
         expected = torch.tensor(view["camera_to_world"], dtype=torch.float64)
@@ -33,8 +27,8 @@ def test_orbit_camera_matches_example_cameras_json():
         assert torch.allclose(got, expected, atol=1e-6), name
 
 
-def test_intrinsics_match_example():
-    data = _windmill_cameras()
+def test_intrinsics_match_example(windmill_cameras):
+    data = windmill_cameras
     intr = data["intrinsics"]
     K = cam.intrinsics_from_fov(data["fov_deg"], intr["width"], intr["height"], dtype=torch.float64)
     assert K[0, 0].item() == pytest.approx(intr["fx"], rel=1e-9)

@@ -28,9 +28,19 @@ _CHUNK_ELEMS = 1 << 21  # pixel x Gaussian pairs per torch-fallback chunk
 
 
 def kernel_threads() -> int:
-    """Threads for the C++ kernel: ``DS4D_RENDER_THREADS`` or torch's intra-op count."""
+    """Threads for the C++ kernel: ``DS4D_RENDER_THREADS``, else every CPU this process may use.
+
+    Independent of torch's intra-op setting on purpose: a caller may pin torch to one thread
+    (small ops suffer from OpenMP on a busy machine) while the kernel, which hands tiles out
+    through a shared counter and so tolerates a descheduled worker, still uses all cores.
+    """
     env = os.environ.get("DS4D_RENDER_THREADS")
-    return max(1, int(env)) if env else torch.get_num_threads()
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, min(len(os.sched_getaffinity(0)), 16))
+    except AttributeError:  # not Linux
+        return max(1, min(os.cpu_count() or 1, 16))
 
 
 def _ptr(t: Optional[Tensor]) -> Optional[int]:
