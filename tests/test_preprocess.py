@@ -143,9 +143,10 @@ def test_rerun_is_cached_and_size_change_is_stale(tmp_path: Path, windmill_dir: 
 
 def test_rgba_frames_keep_their_alpha(tmp_path: Path, windmill_dir: Path) -> None:
     ws = tmp_path / "ws"
-    run(ws, PreprocessOptions(source=str(windmill_dir / "input"), frames=4, size=64))
+    run(ws, PreprocessOptions(source=str(windmill_dir / "input"), frames=4, size=64, fps=24.0))
     meta, frames = _outputs(ws)
     assert meta["segmenter"] == "input-alpha" and meta["source_kind"] == "images"
+    assert meta["source_fps"] == 24.0 and meta["duration_s"] == 1.0
     assert min(_crop_space_iou(meta, frames, windmill_dir)) > 0.99
 
 

@@ -22,7 +22,7 @@ from ds4d_cli.errors import Ds4dError
 from ds4d_cli.fsutil import atomic_path, write_json_atomic
 from ds4d_cli.progress import progress_bar
 from ds4d_cli.segment import SEGMENTERS, clean_alpha, make_segmenter
-from ds4d_cli.video import Clip, VideoInfo, load_clip, probe, sample_indices
+from ds4d_cli.video import DEFAULT_FOLDER_FPS, Clip, VideoInfo, load_clip, probe, sample_indices
 from ds4d_cli.workspace import StageResult, Workspace, run_stage, sha256_of_path
 
 STAGE = "preprocess"
@@ -47,6 +47,7 @@ class PreprocessOptions:
     segmenter: str = "u2netp"
     background: str | None = None  # static-bg: clean plate of the empty scene
     margin: float = 0.1
+    fps: float | None = None  # frame rate of an image folder (videos carry their own); default 12
 
 
 def _validate(opts: PreprocessOptions) -> None:
@@ -57,6 +58,8 @@ def _validate(opts: PreprocessOptions) -> None:
         raise Ds4dError(f"--size must be between 16 and 4096 pixels (got {opts.size})", hint="e.g. --size 256")
     if not (0.0 <= opts.margin <= 2.0) or not math.isfinite(opts.margin):
         raise Ds4dError(f"--margin must be between 0 and 2 (got {opts.margin})", hint="e.g. --margin 0.1")
+    if opts.fps is not None and not (0.0 < opts.fps <= 1000.0):
+        raise Ds4dError(f"--fps must be positive (got {opts.fps})", hint="e.g. --fps 24")
     if opts.segmenter not in SEGMENTERS:
         raise Ds4dError(f"unknown segmenter {opts.segmenter!r}", hint=f"choose one of {', '.join(SEGMENTERS)}")
     if opts.background is not None and opts.segmenter != "static-bg":
@@ -78,6 +81,7 @@ def _normalised(opts: PreprocessOptions) -> PreprocessOptions:
         segmenter=opts.segmenter,
         background=None if opts.background is None else str(Path(opts.background).expanduser().absolute()),
         margin=float(opts.margin),
+        fps=None if opts.fps is None else float(opts.fps),
     )
 
 
@@ -90,7 +94,7 @@ def run(workspace: Workspace | str | os.PathLike[str] | None, opts: PreprocessOp
     _validate(opts)
     opts = _normalised(opts)
     source = Path(opts.source)
-    info_ = probe(source)  # a missing / unreadable / empty source fails here, before any write
+    info_ = probe(source, opts.fps or DEFAULT_FOLDER_FPS)  # a missing / unreadable / empty source fails here, before any write
     sample_indices(info_, opts.frames, opts.start, opts.end)  # and so does an empty time window
     root = workspace.root if isinstance(workspace, Workspace) else workspace
     ws = Workspace.create(root, source, force=force)
