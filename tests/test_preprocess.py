@@ -111,7 +111,9 @@ def test_static_bg_stage_outputs_follow_the_contract(tmp_path: Path, windmill_di
     s = 64 / (x1 - x0)
     assert np.array(meta["crop_intrinsics"]) == pytest.approx(np.array([[s, 0, -x0 * s], [0, s, -y0 * s], [0, 0, 1]]))
     assert all(f.shape == (64, 64, 4) and f.dtype == np.uint8 for f in frames)
-    assert (ws / "preprocess" / "contact_sheet.png").is_file() and (ws / "preprocess" / "manifest.json").is_file()
+    assert (ws / "preprocess" / "manifest.json").is_file()
+    with Image.open(ws / "preprocess" / "contact_sheet.png") as sheet:
+        assert sheet.size == (7 * 128, 128)  # the source with its crop box, then the 6 frames
     scores = _crop_space_iou(meta, frames, windmill_dir)
     assert np.mean(scores) >= 0.90, scores
     _assert_object_whole(meta, frames, windmill_dir)

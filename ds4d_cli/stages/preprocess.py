@@ -150,7 +150,8 @@ def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dic
             f"{clip.info.frame_count} frames ({clip.info.duration_s:g}s) decode; using those"
         )
     if len(clip.frames) < opts.frames:
-        info(f"[dim]the clip has only {len(clip.frames)} frames in the chosen window: using all of them[/dim]")
+        n = len(clip.frames)
+        info(f"[dim]the clip has only {n} frame{'s' if n != 1 else ''} in the chosen window: using all of them[/dim]")
     alphas, segmenter_name, notes = _segment(clip, opts)
 
     present = [_has_object(a) for a in alphas]
@@ -176,7 +177,7 @@ def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dic
             _save_png(frames_dir / f"{t:03d}.png", rgba)
             crops.append(rgba)
             bar.advance(1)
-    _save_png(out_dir / "contact_sheet.png", contact_sheet(crops, clip.indices))
+    _save_png(out_dir / "contact_sheet.png", contact_sheet(crops, clip.indices, overview=(clip.frames[0], box)))
 
     fps = clip.info.fps
     duration = clip.info.duration_s
@@ -219,22 +220,48 @@ def _save_png(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def contact_sheet(frames: Sequence[np.ndarray], labels: Sequence[int], tile: int = 128, columns: int = 8) -> np.ndarray:
-    """RGBA frames over a checkerboard (so transparency shows), in a grid, each tile labelled."""
+def contact_sheet(
+    frames: Sequence[np.ndarray],
+    labels: Sequence[int],
+    tile: int = 128,
+    columns: int = 8,
+    overview: tuple[np.ndarray, Sequence[int]] | None = None,
+) -> np.ndarray:
+    """RGBA frames over a checkerboard (so transparency shows), in a labelled grid.
+
+    ``overview`` = (a source frame, the crop box): shown first, with the box drawn, so a user
+    sees at a glance what was cut out of the original footage.
+    """
     from PIL import Image, ImageDraw
 
-    n = len(frames)
+    n = len(frames) + (overview is not None)
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
     sheet = Image.new("RGB", (cols * tile, rows * tile), (255, 255, 255))
     yy, xx = np.mgrid[0:tile, 0:tile]
     checker = np.where(((yy // 8) + (xx // 8)) % 2 == 0, 200, 235).astype(np.float32)[..., None]
     draw = ImageDraw.Draw(sheet)
-    for k, (frame, label) in enumerate(zip(frames, labels)):
+    k = 0
+    if overview is not None:
+        source, (x0, y0, x1, y1) = overview
+        h, w = source.shape[:2]
+        scale = tile / max(w, h)
+        thumb = Image.fromarray(np.ascontiguousarray(source[..., :3])).resize(
+            (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS
+        )
+        ox, oy = (tile - thumb.width) // 2, (tile - thumb.height) // 2
+        sheet.paste(thumb, (ox, oy))
+        draw.rectangle(
+            [ox + x0 * scale, oy + y0 * scale, ox + x1 * scale - 1, oy + y1 * scale - 1], outline=(230, 30, 30), width=2
+        )
+        draw.text((3, 2), "crop", fill=(230, 30, 30))
+        k = 1
+    for frame, label in zip(frames, labels):
         im = np.asarray(Image.fromarray(frame).resize((tile, tile), Image.Resampling.LANCZOS), dtype=np.float32)
         a = im[..., 3:4] / 255.0
         rgb = im[..., :3] * a + checker * (1.0 - a)
         x, y = (k % cols) * tile, (k // cols) * tile
         sheet.paste(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)), (x, y))
         draw.text((x + 3, y + 2), f"#{label}", fill=(20, 20, 20))
+        k += 1
     return np.asarray(sheet)
