@@ -113,6 +113,7 @@ def test_static_bg_needs_a_few_frames_without_plate() -> None:
 # -- rembg weights: found locally or a clear error, never a download -------------------------
 def test_missing_weights_name_the_model_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("U2NET_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # ~/.u2net is searched too
     with pytest.raises(MissingWeightsError, match="weights for u2netp not found") as exc:
         require_model("u2netp")
     assert "make setup" in exc.value.hint

@@ -49,13 +49,18 @@ def legacy_home() -> Path:
 
 
 def model_dirs(name: str) -> list[Path]:
-    """Folders rembg 2.0.86 searches for ``<name>.onnx``, in its order."""
+    """Folders rembg 2.0.86 searches for ``<name>.onnx``, in its order, then ~/.u2net.
+
+    ~/.u2net (where `make setup` puts u2netp) is searched last even when $XDG_DATA_HOME moves
+    rembg's own default elsewhere; the session is given the file we found, so that is safe.
+    """
     if os.environ.get("U2NET_HOME"):
         home = legacy_home()
     else:
         xdg = os.environ.get("XDG_DATA_HOME")
         home = Path(os.environ.get("REMBG_HOME", os.path.join(xdg, "rembg") if xdg else "~/.rembg")).expanduser()
-    return [home / "models" / name, legacy_home()]
+    dirs = [home / "models" / name, legacy_home(), Path("~/.u2net").expanduser()]
+    return list(dict.fromkeys(dirs))
 
 
 def model_path(name: str) -> Path | None:
