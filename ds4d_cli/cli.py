@@ -140,6 +140,7 @@ def _preprocess_options(
     segmenter: Segmenter,
     background_plate: Optional[Path],
     margin: float,
+    fps: Optional[float] = None,
 ) -> Any:
     from ds4d_cli.stages.preprocess import PreprocessOptions
 
@@ -152,6 +153,7 @@ def _preprocess_options(
         segmenter=segmenter.value,
         background=str(background_plate) if background_plate else None,
         margin=margin,
+        fps=fps,
     )
 
 
@@ -170,12 +172,13 @@ def preprocess(
         None, "--background-plate", help="static-bg only: an image of the empty scene (else a temporal median)."
     ),
     margin: float = typer.Option(0.1, "--margin", help="Extra border around the object, as a fraction of its size."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of an image folder (videos carry their own; default 12)."),
     force: bool = typer.Option(False, "--force", help="Rerun; also allows replacing another clip in the workspace."),
 ) -> None:
     """Segment the object in every frame and crop one object-centred square for the whole clip."""
     from ds4d_cli.stages import preprocess as stage
 
-    opts = _preprocess_options(source, frames, size, start, end, segmenter, background_plate, margin)
+    opts = _preprocess_options(source, frames, size, start, end, segmenter, background_plate, margin, fps)
     _report(stage.run(_ws_path(ctx), opts, force=force))
 
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.table import Table
 
 from ds4d_cli.console import console
 
-SEGMENTATION_MODELS = ("u2netp", "u2net", "isnet-general-use", "birefnet-general", "bria-rmbg")
 PRIOR_MODELS = ("sudo-ai/zero123plus-v1.1", "sudo-ai/zero123plus-v1.2")
 ENCODER_MODELS = ("facebook/dinov2-small",)
 
@@ -23,11 +20,6 @@ class Check:
     ok: bool
     detail: str
     hint: str = ""
-
-
-def rembg_model_dir() -> Path:
-    """Where rembg looks for its .onnx files ($U2NET_HOME, default ~/.u2net)."""
-    return Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net")).expanduser()
 
 
 def hub_model_present(repo_id: str) -> bool:
@@ -64,13 +56,14 @@ def gather_checks() -> list[Check]:
     except Exception as exc:  # noqa: BLE001
         ext_ok, ext_detail = False, f"unavailable ({exc})"
     checks.append(Check("cpu rasterizer", True, ext_detail, "" if ext_ok else "make setup builds the fast C++ kernel"))
-    folder = rembg_model_dir()
-    present = [m for m in SEGMENTATION_MODELS if (folder / f"{m}.onnx").is_file()]
+    from ds4d_cli.segment.rembg_seg import available_models
+
+    present = available_models()
     checks.append(
         Check(
             "segmentation",
             "u2netp" in present,
-            f"{folder}: {', '.join(present) or 'no models'} (static-bg needs none)",
+            f"{', '.join(present) or 'no rembg models'} (static-bg needs none)",
             "" if "u2netp" in present else "make setup installs u2netp offline",
         )
     )

@@ -1,0 +1,1 @@
+"""Pipeline stages: each module exposes an options dataclass and ``run(workspace, options)``."""
