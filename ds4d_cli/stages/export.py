@@ -19,10 +19,11 @@ from ds4d_cli.progress import progress_bar
 from ds4d_cli.workspace import StageResult, Workspace, run_stage
 
 FORMATS = ("ply", "mp4", "grid")
-VERSION = 1
+VERSION = 2
 #: Frames shown in grid.png when no --frames subset is given (evenly spaced over the clip).
 GRID_PNG_ROWS = 6
-#: Frame rate used when the clip's own rate is unknown.
+#: Frame rate used when the clip's own rate is unknown, and the slowest default: a clip sampled
+#: sparsely (8 frames of a 2 s clip = 4 fps) would otherwise give a long, jerky turntable.
 DEFAULT_FPS = 12.0
 
 
@@ -85,13 +86,13 @@ def _cameras_json(ws: Workspace) -> dict[str, Any] | None:
 
 
 def _clip_fps(ws: Workspace, num_frames: int) -> float:
-    """Frames per second at which the fitted frames play in real time (the clip's speed)."""
+    """The fitted frames' real-time rate (frames / clip duration), at least :data:`DEFAULT_FPS`."""
     path = ws.stage_dir("preprocess") / "meta.json"
     try:
         meta = read_json(path)
         duration = float(meta["duration_s"])
         if duration > 0 and num_frames > 0:
-            return max(1.0, min(60.0, num_frames / duration))
+            return max(DEFAULT_FPS, min(60.0, num_frames / duration))
     except (OSError, KeyError, TypeError, ValueError):
         pass
     return DEFAULT_FPS
