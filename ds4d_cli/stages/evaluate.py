@@ -149,6 +149,11 @@ def evaluate_model(model: Any, gt_views: list[GtView], gt_times: list[float],
     """Render ``model`` at every GT camera and frame; figures per view, per role and overall."""
     pairs = match_frames(_model_times(model), gt_times)
     gap = max(abs(_model_times(model)[i] - gt_times[j]) for i, j in pairs)
+    if len(gt_times) > 1 and gap > 0.5 / len(gt_times) + 1e-6:
+        from ds4d_cli.console import warn
+
+        warn(f"fitted frames and ground truth differ by up to {gap:.3f} in normalised time; "
+             "scores include that timing error (is --gt the clip the model was fitted to?)")
     # Group views by render size so one batched render call serves several cameras.
     groups: dict[tuple[int, int], list[int]] = {}
     for vi, v in enumerate(gt_views):
