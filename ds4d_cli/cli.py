@@ -334,7 +334,7 @@ def export(
     frames: Optional[str] = typer.Option(None, "--frames", help="Subset of frames, e.g. 0,5,10 or 0-11 (default all)."),
     orbits: float = typer.Option(1.0, "--orbits", help="mp4: camera orbits over the clip."),
     elevation: float = typer.Option(15.0, "--elevation", help="mp4: camera elevation in degrees."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="mp4/grid: frame rate (default: the clip's)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="mp4/grid: frame rate (default: the clip's, at least 12)."),
     size: int = typer.Option(256, "--size", help="mp4/grid: render size in pixels."),
     background: str = typer.Option("white", "--background", help="mp4/grid: white, black or a #rrggbb colour."),
     force: bool = _FORCE,
@@ -352,13 +352,14 @@ def evaluate(
     ctx: typer.Context,
     gt: Path = typer.Option(..., "--gt", help="Ground-truth folder: cameras.json + gt/<view>/NNN.png (+ input/)."),
     views: Optional[str] = typer.Option(None, "--views", help="Comma-separated views to score (default all)."),
+    background: str = typer.Option("white", "--background", help="Compositing colour: white, black, gray or #rrggbb."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
 ) -> None:
     """Score the fitted model against ground-truth views: PSNR, SSIM and PSNR on moving pixels."""
     ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import evaluate as stage
 
-    opts = stage.EvalOptions(gt=str(gt.absolute()), views=_split_list(views))
+    opts = stage.EvalOptions(gt=str(gt.absolute()), views=_split_list(views), background=background)
     results = stage.run(ws, opts)
     if as_json:
         import json
