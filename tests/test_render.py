@@ -160,7 +160,7 @@ def test_batched_per_camera_means_equal_separate_renders():
         single.rgb.square().sum().backward()
         assert torch.allclose(batched.rgb[c], single.rgb[0], atol=1e-6)
         assert torch.allclose(batched.depth[c], single.depth[0], atol=1e-6)
-        assert torch.allclose(leaf.grad[c], single_leaf.grad, rtol=1e-4, atol=1e-6)
+        assert _rel(leaf.grad[c], single_leaf.grad) < 1e-5  # float32 sums in another order
 
 
 def test_spherical_harmonics_view_dependent_and_consistent():

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -63,6 +64,69 @@ inline void pixel_span(T m, int32_t r, int tile_lo, int tile_hi, int& lo, int& h
     T b = std::floor(m + r - T(0.5)) + T(1);
     lo = std::max(tile_lo, static_cast<int>(std::max(a, T(tile_lo - 1))));
     hi = std::min(tile_hi, static_cast<int>(std::min(b, T(tile_hi + 1))));
+}
+
+// exp(-s) for s >= 0. float: a branch-free Cephes-style polynomial (about 1 ulp) that the
+// compiler vectorises; double: std::exp. Forward and backward call the same code, so they
+// make identical threshold decisions.
+inline float exp_neg(float s) {
+    float x = -s;
+    x = x < -87.0f ? -87.0f : x;
+    // round to nearest via the 1.5 * 2^23 trick (SSE2-vectorisable, unlike floor)
+    const float fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - fn * 0.693359375f;
+    r = r - fn * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const int32_t e = static_cast<int32_t>(fn) + 127;
+    float scale;
+    const int32_t bits = e << 23;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+inline double exp_neg(double s) { return std::exp(-s); }
+
+// Columns [lo, hi) of row dy (pixel-centre offset from the mean) where
+// a dx^2/2 + b dx dy + c dy^2/2 <= thr can hold, intersected with [x_lo, x_hi).
+// Pixels outside have alpha < 1/255 exactly (thr = log(255 o)); a small margin absorbs
+// rounding, and pixels let in by it are rejected by the alpha test as usual.
+template <typename T>
+inline bool row_span(T mx, T dy, T a, T b, T c, T thr, int x_lo, int x_hi, int& lo, int& hi) {
+    const T disc = b * b * dy * dy - a * (c * dy * dy - T(2) * thr);
+    if (!(disc >= T(0)) || !(a > T(0))) {
+        lo = hi = x_lo;
+        return false;
+    }
+    const T root = std::sqrt(disc);
+    const T margin = T(1e-3) + T(1e-4) * std::fabs(mx);
+    const T left = mx + (-b * dy - root) / a - margin;
+    const T right = mx + (-b * dy + root) / a + margin;
+    const T first = std::ceil(left - T(0.5));
+    const T last = std::floor(right - T(0.5));
+    lo = static_cast<int>(std::max(first, T(x_lo)));
+    hi = static_cast<int>(std::min(last + T(1), T(x_hi)));
+    return hi > lo;
+}
+
+// Fills sig[x - xs] and vis[x - xs] = exp(-sig) for columns [xs, xe) of one row; sig < 0
+// (numerically non-positive-definite footprints) gets vis = 0 so the caller skips it.
+template <typename T>
+inline void eval_row(int xs, int xe, T mx, T dy, T a, T b, T c, T* sig, T* vis) {
+    const int n = xe - xs;
+    const T base = T(0.5) * c * dy * dy;
+    const T bdy = b * dy;
+    for (int t = 0; t < n; ++t) {
+        const T dx = (T(xs + t) + T(0.5)) - mx;
+        const T sg = T(0.5) * a * dx * dx + bdy * dx + base;
+        sig[t] = sg;
+        const T e = exp_neg(sg > T(0) ? sg : T(0));
+        vis[t] = sg >= T(0) ? e : T(0);
+    }
 }
 
 template <typename T>
@@ -128,24 +192,27 @@ void forward(int64_t C, int64_t N, int D, int W, int H, const T* means2d, const 
             const T ca = conics[3 * k], cb = conics[3 * k + 1], cc = conics[3 * k + 2];
             const T o = opac[k];
             const T* f = feats + k * D;
+            const T thr = std::log(o * T(255.0));
             int xs, xe, ys, ye;
             pixel_span(mx, radii[2 * k], px0, px1, xs, xe);
             pixel_span(my, radii[2 * k + 1], py0, py1, ys, ye);
+            T sig[TILE], vis[TILE];
             for (int y = ys; y < ye; ++y) {
                 const T dy = (T(y) + T(0.5)) - my;
-                for (int x = xs; x < xe; ++x) {
+                int rs, re;
+                if (!row_span(mx, dy, ca, cb, cc, thr, xs, xe, rs, re)) continue;
+                eval_row(rs, re, mx, dy, ca, cb, cc, sig, vis);
+                for (int x = rs; x < re; ++x) {
                     const int i = (y - py0) * TILE + (x - px0);
                     if (done[i]) continue;
-                    const T dx = (T(x) + T(0.5)) - mx;
-                    const T sigma = T(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-                    if (sigma < T(0)) continue;
-                    const T alpha = std::min(alpha_max, o * std::exp(-sigma));
-                    if (alpha < alpha_min) continue;
+                    const T v = vis[x - rs];
+                    const T alpha = std::min(alpha_max, o * v);
+                    if (sig[x - rs] < T(0) || alpha < alpha_min) continue;
                     const T nT = Tr[i] * (T(1) - alpha);
                     if (nT <= t_min) { done[i] = true; --active; continue; }
                     const T w = alpha * Tr[i];
-                    T* a = acc.data() + static_cast<size_t>(i) * D;
-                    for (int d = 0; d < D; ++d) a[d] += w * f[d];
+                    T* acc_i = acc.data() + static_cast<size_t>(i) * D;
+                    for (int d = 0; d < D; ++d) acc_i[d] += w * f[d];
                     Tr[i] = nT;
                     last[i] = static_cast<int32_t>(j - start + 1);
                 }
@@ -206,21 +273,25 @@ void backward(int64_t C, int64_t N, int D, int W, int H, const T* means2d, const
             const T* f = feats + k * D;
             T gmx = 0, gmy = 0, gca = 0, gcb = 0, gcc = 0, go = 0;
             std::fill(gf.begin(), gf.end(), T(0));
+            const T thr = std::log(o * T(255.0));
             int xs, xe, ys, ye;
             pixel_span(mx, radii[2 * k], px0, px1, xs, xe);
             pixel_span(my, radii[2 * k + 1], py0, py1, ys, ye);
+            T sigr[TILE], visr[TILE];
             for (int y = ys; y < ye; ++y) {
                 const T dy = (T(y) + T(0.5)) - my;
-                for (int x = xs; x < xe; ++x) {
+                int rs, re;
+                if (!row_span(mx, dy, ca, cb, cc, thr, xs, xe, rs, re)) continue;
+                eval_row(rs, re, mx, dy, ca, cb, cc, sigr, visr);
+                for (int x = rs; x < re; ++x) {
                     const int i = (y - py0) * TILE + (x - px0);
                     if (rank >= last[i]) continue;
-                    const T dx = (T(x) + T(0.5)) - mx;
-                    const T sigma = T(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-                    if (sigma < T(0)) continue;
-                    const T vis = std::exp(-sigma);
+                    const T sigma = sigr[x - rs];
+                    const T vis = visr[x - rs];
                     const T raw = o * vis;
                     const T alpha = std::min(alpha_max, raw);
-                    if (alpha < alpha_min) continue;
+                    if (sigma < T(0) || alpha < alpha_min) continue;
+                    const T dx = (T(x) + T(0.5)) - mx;
                     const T ra = T(1) / (T(1) - alpha);
                     Tr[i] *= ra;  // transmittance in front of this Gaussian
                     const T w = alpha * Tr[i];
