@@ -1,8 +1,7 @@
 """Initial canonical Gaussians: visual hull of the middle frame, fallback a random ball.
 
 A voxel grid over [-bound, bound]^3 is carved with the multi-view silhouettes (alpha > 0.5) of the
-middle frame: a voxel survives if every view that sees it (it projects inside that image) sees
-it inside the silhouette. Points are drawn on the hull's surface voxels (jittered inside the
+middle frame: a voxel survives if it projects inside the silhouette in every view. Points are drawn on the hull's surface voxels (jittered inside the
 voxel), coloured from the view that sees them most frontally. Too few surviving voxels (bad masks,
 wrong cameras) -> a random ball, so the fit still starts.
 """
@@ -35,13 +34,18 @@ def carve(
 ) -> Tensor:
     """Occupancy [res, res, res] (bool) of the visual hull; ``alphas`` [V, H, W]."""
     v, h, w = alphas.shape
+    # dilate by one pixel: at low resolution thin parts (blades, poles) must not be carved away
+    alphas = F.max_pool2d(alphas.float().unsqueeze(1), 3, stride=1, padding=1)[:, 0]
     lin = (torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 * bound - bound
     pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).view(-1, 3)
     uv, z = project(pts, viewmats.float(), Ks.float())
     grid = to_grid(uv, w, h)
     a = F.grid_sample(alphas.float().unsqueeze(1), grid.unsqueeze(1), align_corners=False)[:, 0, 0]
     in_view = (grid.abs() <= 1).all(-1) & (z > 1e-3)
-    keep = ((a > threshold) | ~in_view).all(0) & in_view.any(0)
+    # Every camera of an object-centred capture sees the whole object: a voxel outside any
+    # view's frustum is not part of it (treating it as "unconstrained" keeps phantom slabs
+    # near the cameras).
+    keep = ((a > threshold) & in_view).all(0)
     return keep.view(res, res, res)
 
 

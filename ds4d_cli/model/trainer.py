@@ -160,7 +160,7 @@ class Trainer:
         self.strategy = DefaultStrategy(
             prune_opa=cfg.prune_opacity,
             grow_grad2d=cfg.grow_grad2d,
-            refine_start_iter=cfg.densify_from,
+            refine_start_iter=cfg.densify_from - 1,  # strategy steps are 1-based here: first refine at densify_from
             refine_stop_iter=int(cfg.densify_until * cfg.steps),
             refine_every=cfg.densify_every,
             # gsplat 1.5.3 never fires its own reset (operator precedence); keep its pruning
@@ -304,7 +304,7 @@ class Trainer:
         densify = cfg.densify and "means2d" in out.info
         if densify:
             self.strategy.step_pre_backward(self.gaussians.params, self.optimizers, self.strategy_state,
-                                            self.step_count, out.info)
+                                            self.step_count + 1, out.info)
         loss.backward()
         n_before = self.gaussians.num_gaussians
         if densify:
@@ -322,8 +322,8 @@ class Trainer:
         with torch.no_grad():
             inp = [i * V for i in range(len(frames))]
             p = _psnr(pred[inp].clamp(0, 1), target[inp][..., :3] * target[inp][..., 3:] + (1 - target[inp][..., 3:]) * bg)
-        return StepStats(self.step_count, float(loss), p, self.gaussians.num_gaussians,
-                         {k: float(v) for k, v in losses.items()}, time.perf_counter() - t_start)
+        return StepStats(self.step_count, float(loss.detach()), p, self.gaussians.num_gaussians,
+                         {k: float(v.detach()) for k, v in losses.items()}, time.perf_counter() - t_start)
 
     def _densify(self, info: dict[str, Any]) -> None:
         over = self.gaussians.num_gaussians >= self.cfg.max_gaussians
@@ -332,7 +332,7 @@ class Trainer:
             self.strategy.grow_grad2d = float("inf")
         try:
             self.strategy.step_post_backward(self.gaussians.params, self.optimizers, self.strategy_state,
-                                             self.step_count, info, packed=False)
+                                             self.step_count + 1, info, packed=False)
         finally:
             self.strategy.grow_grad2d = saved
 

@@ -301,9 +301,10 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path) -> dict[str,
             info(f"fit: resuming from the checkpoint at step {resumed}")
         elif sd is not None:
             info("fit: the checkpoint was made with other options or inputs; starting over")
-    if resumed == 0 and log_path.exists():
-        log_path.unlink()
-    info(f"fit: initial Gaussians from {trainer.init_method.replace('_', ' ')}")
+    if resumed == 0:
+        if log_path.exists():
+            log_path.unlink()
+        info(f"fit: initial Gaussians from {trainer.init_method.replace('_', ' ')}")
 
     t_start = time.perf_counter()
     last_psnr = float("nan")

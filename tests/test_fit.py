@@ -1,0 +1,270 @@
+"""`ds4d fit` on the windmill example imported as oracle views (input + az090 + az270 trained,
+az180 and az045_el30 held out): measured PSNR, the ablation, resume after SIGKILL, and the
+pieces the loop relies on (opacity reset, densification bookkeeping, init, encoder errors).
+
+PSNR is over all frames of the fit, on RGB composited over white, at the fit resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ds4d_cli.errors import MissingWeightsError
+from ds4d_cli.metrics import moving_mask
+from ds4d_cli.workspace import Workspace
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fit_workspace import build_workspace, camera, ground_truth  # noqa: E402
+
+FRAMES = list(range(0, 24, 3))  # 8 of the 24 frames
+TRAIN_VIEWS = ["az090", "az270"]
+HELD_OUT = ["az180", "az045_el30"]
+RES = 64
+STEPS = 300
+
+
+def _opts(**kw):
+    from ds4d_cli.stages.fit import FitOptions
+
+    base = dict(steps=STEPS, resolution=RES, device="cpu", checkpoint_every=100, preview_every=150, seed=0)
+    base.update(kw)
+    return FitOptions(**base)
+
+
+def _measure(ws: Workspace, case: Path) -> dict[str, dict[str, float]]:
+    """PSNR (all pixels) and PSNR on moving pixels (pooled over frames) per view."""
+    from ds4d_cli.stages.fit import load_fitted
+
+    model = load_fitted(ws)
+    assert model.num_frames == len(FRAMES)
+    out = {}
+    for view in ["input", *TRAIN_VIEWS, *HELD_OUT]:
+        vm, K = camera(case, view, RES)
+        gt = ground_truth(case, view, FRAMES, RES)
+        pred = torch.stack([model.render(i, vm, K, RES, RES, background=torch.ones(3)).rgb[0] for i in range(len(FRAMES))])
+        err = (pred.clamp(0, 1) - gt).pow(2)
+        mov = moving_mask(gt)
+        out[view] = {"psnr": -10 * math.log10(float(err.mean())),
+                     "moving": -10 * math.log10(float(err[:, mov].mean())) if mov.any() else float("nan")}
+    return out
+
+
+def _fit(root: Path, case: Path, **kw):
+    from ds4d_cli.stages import fit
+
+    ws = build_workspace(root, case, TRAIN_VIEWS, FRAMES)
+    t0 = time.perf_counter()
+    result = fit.run(ws, _opts(**kw))
+    return ws, result, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def full_fit(tmp_path_factory, windmill_dir):
+    ws, result, secs = _fit(tmp_path_factory.mktemp("fit_full"), windmill_dir)
+    return ws, result, _measure(ws, windmill_dir), secs
+
+
+@pytest.fixture(scope="module")
+def ablation_fit(tmp_path_factory, windmill_dir):
+    ws, result, secs = _fit(tmp_path_factory.mktemp("fit_ablation"), windmill_dir, no_dsfd=True, no_tssf=True)
+    return ws, result, _measure(ws, windmill_dir), secs
+
+
+@pytest.mark.slow
+def test_input_and_held_out_views_reach_quality_bar(full_fit):
+    ws, result, m, secs = full_fit
+    print(f"\nfull fit ({secs:.0f}s, {result.summary['seconds_per_step']}s/step, {result.summary['gaussians']} Gaussians):",
+          json.dumps({k: {kk: round(vv, 2) for kk, vv in v.items()} for k, v in m.items()}))
+    assert m["input"]["psnr"] >= 24.0
+    for view in HELD_OUT:
+        assert m[view]["psnr"] >= 20.0, view
+    # the training-view figures the stage reports match an independent render through load_fitted
+    assert abs(result.summary["psnr"]["input"] - m["input"]["psnr"]) < 0.5
+
+
+@pytest.mark.slow
+def test_dsfd_tssf_not_worse_than_ablation_on_moving_pixels(full_fit, ablation_fit):
+    _, _, full, _ = full_fit
+    ws_a, result_a, abl, _ = ablation_fit
+    print(f"\nmoving-pixel PSNR full vs ablation: input {full['input']['moving']:.2f} vs {abl['input']['moving']:.2f}; "
+          f"held-out {[round(full[v]['moving'], 2) for v in HELD_OUT]} vs {[round(abl[v]['moving'], 2) for v in HELD_OUT]}")
+    manifest = ws_a.read_manifest("fit")
+    assert manifest["options"]["no_dsfd"] is True and manifest["options"]["no_tssf"] is True
+    assert result_a.summary["ablations"] == {"dsfd": False, "tssf": False, "fusion": "mean"}
+    # "not worse": within run-to-run noise (0.3 dB) on the moving pixels of the input view, the
+    # view that carries the motion, and of all views pooled
+    assert full["input"]["moving"] >= abl["input"]["moving"] - 0.3
+    views = ["input", *TRAIN_VIEWS, *HELD_OUT]
+    pooled = lambda m: sum(m[v]["moving"] for v in views) / len(views)  # noqa: E731
+    assert pooled(full) >= pooled(abl) - 0.3
+
+
+@pytest.mark.slow
+def test_outputs_manifest_and_cache(full_fit):
+    from ds4d_cli.stages import fit
+
+    ws, result, _, _ = full_fit
+    d = ws.stage_dir("fit")
+    manifest = ws.read_manifest("fit")
+    assert manifest["options"]["no_dsfd"] is False and manifest["options"]["fusion"] == "da"
+    assert result.summary["ablations"] == {"dsfd": True, "tssf": True, "fusion": "da"}
+    assert result.summary["steps"] == STEPS and result.summary["init"] == "visual_hull"
+    lines = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == STEPS and all(math.isfinite(x["loss"]) for x in lines)
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert sorted(p.name for p in (d / "previews").glob("*.png")) == ["step_000150.png", "step_000300.png"]
+    assert (d / "checkpoints" / "latest.pt").is_file()
+    # same command again: cached, nothing recomputed
+    again = fit.run(ws, _opts())
+    assert again.cached and again.summary == result.summary
+    # the loaded model's raw layout, as export expects it
+    g = fit.load_fitted(ws).gaussians_at(0)
+    n = g["means"].shape[0]
+    assert g["quats"].shape == (n, 4) and g["scales"].shape == (n, 3) and g["opacities"].shape == (n,)
+    assert g["sh0"].shape == (n, 1, 3) and torch.isfinite(g["means"]).all()
+    assert torch.allclose(g["quats"].norm(dim=-1), torch.ones(n), atol=1e-4)
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, {repo!r})
+from ds4d_cli.stages import fit
+from ds4d_cli.workspace import Workspace
+fit.run(Workspace.open({ws!r}), fit.FitOptions(steps={steps}, resolution=32, device="cpu", checkpoint_every=10,
+        preview_every=0, num_gaussians=500, seed=1))
+"""
+
+
+@pytest.mark.slow
+def test_sigkilled_fit_resumes_from_last_checkpoint(tmp_path, windmill_dir):
+    from ds4d_cli.stages import fit
+
+    steps = 60
+    ws = build_workspace(tmp_path / "ws", windmill_dir, TRAIN_VIEWS, FRAMES[:4])
+    ckpt = ws.stage_dir("fit") / "checkpoints" / "latest.pt"
+    repo = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(repo=repo, ws=str(ws.root), steps=steps)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 20:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 20 <= killed_at < steps
+    assert ws.read_manifest("fit") is None  # a killed fit never looks done
+    result = fit.run(ws, fit.FitOptions(steps=steps, resolution=32, device="cpu", checkpoint_every=10,
+                                        preview_every=0, num_gaussians=500, seed=1))
+    assert result.summary["resumed_from"] == killed_at
+    assert result.summary["steps"] == steps
+    assert ws.read_manifest("fit") is not None
+    log = [json.loads(x)["step"] for x in (ws.stage_dir("fit") / "log.jsonl").read_text().splitlines()]
+    assert log[-1] == steps
+    # restart=True ignores the checkpoint
+    again = fit.run(ws, fit.FitOptions(steps=steps, resolution=32, device="cpu", checkpoint_every=0,
+                                       preview_every=0, num_gaussians=500, seed=1, restart=True, log_every=1000))
+    assert again.summary["resumed_from"] == 0 and not again.cached
+
+
+# ----------------------------------------------------------------------------- loop pieces
+def _small_trainer(windmill_dir, tmp_path, **cfg):
+    from ds4d_cli.model.trainer import Trainer
+    from ds4d_cli.stages.fit import FitOptions, load_fit_data, resolve_options, train_config
+
+    ws = build_workspace(tmp_path / "ws", windmill_dir, TRAIN_VIEWS, FRAMES[:3], size=64)
+    o = resolve_options(FitOptions(resolution=32, device="cpu", num_gaussians=400, steps=cfg.pop("steps", 20)))
+    data, _ = load_fit_data(ws, o)
+    c = train_config(o)
+    for k, v in cfg.items():
+        setattr(c, k, v)
+    return Trainer(data, c)
+
+
+def test_opacity_reset_happens(windmill_dir, tmp_path):
+    """gsplat 1.5.3's DefaultStrategy never resets opacities; our loop must."""
+    tr = _small_trainer(windmill_dir, tmp_path, opacity_reset_every=5, densify=False, steps=12)
+    for _ in range(4):
+        tr.step()
+    assert torch.sigmoid(tr.gaussians.params["opacities"]).max() > 0.1
+    tr.step()  # step 5
+    assert tr.opacity_resets == [5]
+    assert torch.sigmoid(tr.gaussians.params["opacities"]).max() <= tr.cfg.prune_opacity * 2 + 1e-6
+    assert tr.optimizers["opacities"].state[tr.gaussians.params["opacities"]]["exp_avg"].abs().max() == 0
+
+
+def test_densify_keeps_parameters_optimizers_and_caches_in_step(windmill_dir, tmp_path):
+    tr = _small_trainer(windmill_dir, tmp_path, grow_grad2d=1e-9, densify_from=3, densify_every=3, steps=10)
+    n0 = tr.gaussians.num_gaussians
+    for _ in range(3):
+        tr.step()
+    n1 = tr.gaussians.num_gaussians
+    assert n1 > n0
+    for k, p in tr.gaussians.params.items():
+        assert p.shape[0] == n1
+        assert tr.optimizers[k].param_groups[0]["params"][0] is p
+        if p.numel():  # shN is [N, 0, 3] at SH degree 0: never has optimizer state
+            assert tr.optimizers[k].state[p]["exp_avg"].shape == p.shape
+    tr.step()  # per-Gaussian caches (visibility) follow the new count
+    assert tr._vis.shape[1] == tr.gaussians.num_gaussians
+    bake = tr.bake()
+    assert bake["means"].shape == (3, tr.gaussians.num_gaussians, 3)
+
+
+def test_visual_hull_init_and_fallback(windmill_dir, tmp_path):
+    from ds4d_cli.model.init import init_points
+    from ds4d_cli.stages.fit import FitOptions, load_fit_data, resolve_options
+
+    ws = build_workspace(tmp_path / "ws", windmill_dir, TRAIN_VIEWS, FRAMES[:1], size=128)
+    data, _ = load_fit_data(ws, resolve_options(FitOptions(resolution=64)))
+    pts = init_points(data.images[0], data.viewmats, data.Ks, 1000)
+    assert pts.method == "visual_hull"
+    # the windmill fits in a 1.1 box centred at the origin; the hull is a superset but close
+    assert pts.means.abs().max() < 0.75 and pts.means[:, 2].max() - pts.means[:, 2].min() > 0.8
+    empty = data.images[0].clone()
+    empty[..., 3] = 0
+    ball = init_points(empty, data.viewmats, data.Ks, 1000)
+    assert ball.method == "random_ball" and ball.means.norm(dim=-1).max() <= 0.5 + 1e-6
+
+
+def test_missing_encoder_weights_is_a_user_error(tmp_path):
+    from ds4d_cli.model.features import ConvEncoder, build_encoder
+
+    with pytest.raises(MissingWeightsError, match="no DINOv2 weights"):
+        build_encoder(tmp_path / "nowhere")
+    enc = build_encoder(None, out_dim=8)
+    assert isinstance(enc, ConvEncoder) and enc(torch.rand(2, 32, 32, 4)).shape == (2, 8, 8, 8)
+
+
+def test_pretrained_encoder_path_is_frozen_and_cached(windmill_dir, tmp_path):
+    """A local DINOv2 folder (here a tiny random one saved with save_pretrained) drives the features."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       patch_size=14, image_size=56)
+    Dinov2Model(cfg).save_pretrained(tmp_path / "dino")
+    tr = _small_trainer(windmill_dir, tmp_path, encoder_path=str(tmp_path / "dino"), densify=False, steps=3)
+    assert not any(g["name"] == "encoder" for g in tr.net_opt.param_groups)
+    tr.step()
+    T, V = tr.data.num_frames, tr.data.num_views
+    assert tr._feat_cache.shape[:3] == (T, V, 32)
+    cache = tr._feat_cache
+    tr.step()
+    assert tr._feat_cache is cache  # computed once per clip
+    assert tr.deform.join.in_features == 2 * 32 + tr.deform.hexplane.out_dim  # concat(f, D) + HexPlane
