@@ -12,6 +12,9 @@ so the band is the middle of the full image) and the time is scaled by H / rows.
 rows are marked "~" in the table, and their memory is that of the band (the dense reference
 is chunked over pixels, so it barely depends on the image size). One configuration is also
 timed in full to check the scaling. The pure-torch fallback is timed at 128 px by default.
+The dense baseline runs with whichever torch thread count (1 or the default) is faster on the
+machine at that moment (a busy box penalises OpenMP heavily); the CPU backend's own torch
+work is single-threaded by design and its C++ kernel uses every core.
 
     python bench/bench_render.py            # the table (a few minutes on 2 busy cores)
     python bench/bench_render.py --quick    # fewer repeats, smaller dense bands
@@ -68,6 +71,18 @@ def step(backward):
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 step(True)  # warm-up (kernel load, allocator)
 res = {{"base_rss_mb": base_rss}}
+if cfg.get("best_threads"):
+    # give the baseline its best torch thread count on this machine right now: on a busy
+    # box one thread often beats the OpenMP pool, on an idle one two threads win
+    probe = {{}}
+    for nt in sorted({{1, torch.get_num_threads()}}):
+        torch.set_num_threads(nt)
+        t = time.perf_counter()
+        with torch.no_grad():
+            step(False)
+        probe[nt] = time.perf_counter() - t
+    torch.set_num_threads(min(probe, key=probe.get))
+res["torch_threads"] = torch.get_num_threads()
 for name, backward in (("fwd", False), ("fb", True)):
     times = []
     for _ in range(reps):
@@ -88,9 +103,10 @@ print("RESULT " + json.dumps(res))
 
 
 def run_config(n: int, size: int, backend: str, reps: int, rows: Optional[int] = None,
-               timeout: float = 900.0) -> dict[str, Any]:
+               timeout: float = 900.0, best_threads: bool = False) -> dict[str, Any]:
     """Measure one configuration in a fresh interpreter; returns the timings and memory."""
-    cfg = {"n": n, "size": size, "backend": backend, "rows": rows, "reps": reps}
+    cfg = {"n": n, "size": size, "backend": backend, "rows": rows, "reps": reps,
+           "best_threads": best_threads}
     code = _CHILD.format(repo=str(REPO))
     start = time.perf_counter()
     try:
@@ -133,10 +149,10 @@ def run(quick: bool = False, dense: bool = True, fallback: str = "128", progress
             if dense:
                 band = dense_band_rows(n, size, pairs)
                 progress(f"dense  N={n:>6} {size}px (band of {band} rows)")
-                rows.append(run_config(n, size, "dense", 1, rows=band))
+                rows.append(run_config(n, size, "dense", 1, rows=band, best_threads=True))
     if dense and not quick:
         progress("dense  N=  2000 128px (full image, checks the band scaling)")
-        rows.append(run_config(2000, 128, "dense", 1))
+        rows.append(run_config(2000, 128, "dense", 1, best_threads=True))
     return rows
 
 
@@ -164,6 +180,8 @@ def render_table(rows: list[dict]):
         approx = "scaled_from_rows" in r
         if approx:
             name += f" ({r['scaled_from_rows']}-row band)"
+        if r["backend"] == "dense":
+            name += f", {r['torch_threads']} thr"
         ref = cpu.get((r["n"], r["size"]))
         ratio_f = ratio_b = "-"
         if ref and r["backend"] != "cpu-ext":

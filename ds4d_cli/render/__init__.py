@@ -108,7 +108,9 @@ def render(
     N = means_c.shape[1]
     quats_c = quats if quats.dim() == 2 else _per_camera(quats, C, 2)
     scales_c = scales if scales.dim() == 2 else _per_camera(scales, C, 2)
-    opac_c = _per_camera(opacities.reshape(opacities.shape[:-1] + (N,)), C, 1)
+    if opacities.dim() >= 2 and opacities.shape[-1] == 1 and opacities.shape[-2] == N:
+        opacities = opacities[..., 0]  # [N,1] / [C,N,1] as some callers keep them
+    opac_c = _per_camera(opacities, C, 1)
     chosen = resolve_backend(backend, means_c.device)
 
     def prepare(means_c, quats_c, scales_c, opac_c, colors, viewmats, Ks):
@@ -164,6 +166,16 @@ def render(
         "backend": chosen,
     }
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, info=info)
+
+
+def cpu_extension_status() -> tuple[bool, str]:
+    """(usable, one line) about the C++ CPU kernel, for ``ds4d doctor``; builds it if needed."""
+    from . import build
+
+    lib = build.load()
+    if lib is not None:
+        return True, f"C++ kernel loaded ({build.library_path()})"
+    return False, f"pure-torch fallback (C++ kernel unavailable: {build._error})"
 
 
 def render_gaussians(gaussians, viewmats: Tensor, Ks: Tensor, width: int, height: int, **kwargs) -> RenderOutput:

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import build as _build
 from .projection import ALPHA_MAX, ALPHA_MIN, T_MIN, num_tiles
-from .serial import one_thread
+from .serial import one_thread, run_serial
 
 TILE = 16
 _CHUNK_ELEMS = 1 << 21  # pixel x Gaussian pairs per torch-fallback chunk
@@ -270,7 +270,12 @@ def composite(
     if use_ext and lib is None:
         raise RuntimeError(f"C++ CPU rasterizer unavailable: {_build._error}")
     if lib is None:
-        return composite_torch(means2d, conics, feats, opacities, radii, order, width, height)
+        # single-threaded like the rest of the torch side (see .serial): under load the OpenMP
+        # pool made this path 2-10x slower than one thread
+        return run_serial(
+            lambda m, c, f, o: composite_torch(m, c, f, o, radii, order, width, height),
+            means2d, conics, feats, opacities,
+        )
     n_threads = kernel_threads()
     with one_thread():
         offsets, ids = _bin_ext(lib, means2d, radii, order, width, height, n_threads)
