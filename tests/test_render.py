@@ -249,6 +249,21 @@ def test_fit_static_image_reaches_28db(windmill_dir):
     assert start < 15 and final > 28, (start, final)
 
 
+def test_two_backward_passes_accumulate():
+    """Losses backpropagated separately (retain_graph) add up like one combined loss."""
+    W = H = 24
+    vm, K = _cameras([0.0], [0.0], W, H)
+    gs = Gaussians.random_ball(60, 0.4, 2)
+    out = render_gaussians(gs, vm, K, W, H, backend="cpu")
+    out.rgb.sum().backward(retain_graph=True)
+    out.alpha.sum().backward()
+    split = gs.params["means"].grad.clone()
+    gs.zero_grad()
+    out = render_gaussians(gs, vm, K, W, H, backend="cpu")
+    (out.rgb.sum() + out.alpha.sum()).backward()
+    assert _rel(split, gs.params["means"].grad) < 1e-5
+
+
 def test_backend_selection_and_errors():
     W = H = 16
     vm, K = _cameras([0.0], [0.0], W, H)

@@ -68,8 +68,9 @@ class _Serial(torch.autograd.Function):
         result: list = [None] * len(ctx.leaves)
         if outs and wants:
             with one_thread():
+                # keep the inner graph: the caller may backward again (retain_graph=True)
                 got = torch.autograd.grad(
-                    outs, [ctx.leaves[i] for i in wants], gouts, allow_unused=True
+                    outs, [ctx.leaves[i] for i in wants], gouts, allow_unused=True, retain_graph=True
                 )
             for i, g in zip(wants, got):
                 result[i] = g
