@@ -30,13 +30,13 @@ FRAMES = list(range(0, 24, 3))  # 8 of the 24 frames
 TRAIN_VIEWS = ["az090", "az270"]
 HELD_OUT = ["az180", "az045_el30"]
 RES = 64
-STEPS = 300
+STEPS = 500
 
 
 def _opts(**kw):
     from ds4d_cli.stages.fit import FitOptions
 
-    base = dict(steps=STEPS, resolution=RES, device="cpu", checkpoint_every=100, preview_every=150, seed=0)
+    base = dict(steps=STEPS, resolution=RES, device="cpu", checkpoint_every=100, preview_every=250, seed=0)
     base.update(kw)
     return FitOptions(**base)
 
@@ -101,12 +101,15 @@ def test_dsfd_tssf_not_worse_than_ablation_on_moving_pixels(full_fit, ablation_f
     manifest = ws_a.read_manifest("fit")
     assert manifest["options"]["no_dsfd"] is True and manifest["options"]["no_tssf"] is True
     assert result_a.summary["ablations"] == {"dsfd": False, "tssf": False, "fusion": "mean"}
-    # "not worse": within run-to-run noise (0.3 dB) on the moving pixels of the input view, the
-    # view that carries the motion, and of all views pooled
-    assert full["input"]["moving"] >= abl["input"]["moving"] - 0.3
+    # "Not worse" within run-to-run noise. Measured spread between seeds of one variant at this
+    # budget: about 1 dB on the input view's moving pixels, about 0.5 dB pooled over the 5 views.
+    # Pooled (mean of the per-view moving-pixel PSNRs over input, training and held-out views) is
+    # the primary figure; the input view alone gets the wider band.
     views = ["input", *TRAIN_VIEWS, *HELD_OUT]
     pooled = lambda m: sum(m[v]["moving"] for v in views) / len(views)  # noqa: E731
-    assert pooled(full) >= pooled(abl) - 0.3
+    print(f"pooled moving-pixel PSNR: full {pooled(full):.2f} vs ablation {pooled(abl):.2f}")
+    assert pooled(full) >= pooled(abl) - 0.5
+    assert full["input"]["moving"] >= abl["input"]["moving"] - 1.0
 
 
 @pytest.mark.slow
@@ -122,7 +125,7 @@ def test_outputs_manifest_and_cache(full_fit):
     lines = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == STEPS and all(math.isfinite(x["loss"]) for x in lines)
     assert lines[-1]["loss"] < lines[0]["loss"]
-    assert sorted(p.name for p in (d / "previews").glob("*.png")) == ["step_000150.png", "step_000300.png"]
+    assert sorted(p.name for p in (d / "previews").glob("*.png")) == ["step_000250.png", "step_000500.png"]
     assert (d / "checkpoints" / "latest.pt").is_file()
     # same command again: cached, nothing recomputed
     again = fit.run(ws, _opts())

@@ -6,8 +6,10 @@ One step:
   2. frame features F[t, v] of every view of those frames (encoder; cached if frozen);
   3. canonical Gaussian centres sample F by projection (visibility from a render of the canonical
      set, refreshed whenever the set changes);
-  4. DSFD against the clip reference R (feature maps of the middle frame and the temporal mean;
-     cached, refreshed every ``ref_refresh_every`` steps while a joint encoder learns);
+  4. DSFD against the clip reference R (feature maps of the middle frame and the temporal mean),
+     from a feature bank of every (frame, view): computed once if the encoder is frozen; with the
+     joint encoder, the batch's fresh features are written back each step (and the whole bank
+     re-encoded every ``ref_refresh_every`` steps) so R follows the encoder smoothly;
   5. TSSF over the V views -> fused per-Gaussian feature; HexPlane + MLP -> deformation;
   6. ONE batched render of all B x V (frame, view) pairs; weighted RGB/D-SSIM/mask losses;
   7. backward, gsplat DefaultStrategy densify/prune, optimiser steps, our own opacity reset
@@ -87,7 +89,16 @@ class TrainConfig:
     sh_degree: int = 0
     hex_resolutions: tuple[int, ...] = (32, 64)
     mlp_width: int = 64
-    ref_refresh_every: int = 25
+    # High rates (decayed 10x over the fit) so that large motions are learnt in a few hundred
+    # steps; measured on the windmill, 1e-2/1e-3 left the blades static.
+    grid_lr: float = 1e-1  # HexPlane planes
+    mlp_lr: float = 1e-2  # deformation MLP, TSSF temperature/logits
+    encoder_lr: float = 1e-2  # the jointly-trained conv encoder
+    # Full re-encode of the feature bank (joint encoder). Every step: a bank refreshed only every
+    # 10-100 steps made R lag the encoder and cost 1-2 dB on the moving pixels (windmill).
+    ref_refresh_every: int = 1
+    encoder_size: int = 64  # input side of the joint conv encoder
+    net_lr_final: float = 0.1  # deformation learning rates decay exponentially to this fraction
     visibility_every: int = 100
     random_background: bool = True
     backend: str = "auto"
@@ -131,6 +142,16 @@ class Trainer:
         self.gaussians = g.to(self.device)
 
         self.encoder = build_encoder(cfg.encoder_path, cfg.feat_dim).to(self.device)
+        self._enc_images = self.data.images
+        if getattr(self.encoder, "trainable", False) and 0 < cfg.encoder_size < H:
+            # the joint encoder sees a fixed small copy (features are 1/4 of it, like a ViT's
+            # patch grid): re-encoding the whole clip every step then stays cheap at any resolution
+            x = self.data.images.reshape(T * V, H, W, 4).permute(0, 3, 1, 2)
+            x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
+            x = F.interpolate(x, size=(cfg.encoder_size, cfg.encoder_size), mode="area")
+            a = x[:, 3:].clamp(0, 1)
+            x = torch.cat([x[:, :3] / a.clamp_min(1e-4) * (a > 1e-4), a], 1).clamp(0, 1)
+            self._enc_images = x.permute(0, 2, 3, 1).reshape(T, V, cfg.encoder_size, cfg.encoder_size, 4).contiguous()
         fdim = self.encoder.out_dim
         gdim = 2 * fdim if cfg.use_dsfd else fdim
         self.tssf = TSSF(V, cfg.fusion).to(self.device)
@@ -145,15 +166,15 @@ class Trainer:
             for k, p in self.gaussians.params.items()
         }
         net_groups = [
-            {"params": list(self.deform.hexplane.parameters()), "lr": 1e-2 * lr, "name": "grid"},
+            {"params": list(self.deform.hexplane.parameters()), "lr": cfg.grid_lr * lr, "name": "grid"},
             {"params": [p for n, p in self.deform.named_parameters() if not n.startswith("hexplane.")],
-             "lr": 1e-3 * lr, "name": "mlp"},
+             "lr": cfg.mlp_lr * lr, "name": "mlp"},
         ]
         tssf_params = list(self.tssf.parameters())
         if tssf_params:
-            net_groups.append({"params": tssf_params, "lr": 1e-2 * lr, "name": "tssf"})
+            net_groups.append({"params": tssf_params, "lr": cfg.mlp_lr * lr, "name": "tssf"})
         if getattr(self.encoder, "trainable", False):
-            net_groups.append({"params": list(self.encoder.parameters()), "lr": 1e-3 * lr, "name": "encoder"})
+            net_groups.append({"params": list(self.encoder.parameters()), "lr": cfg.encoder_lr * lr, "name": "encoder"})
         self.net_opt = torch.optim.Adam(net_groups)
         self._base_lrs = {id(g): g["lr"] for g in self.net_opt.param_groups}
 
@@ -171,8 +192,7 @@ class Trainer:
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self.opacity_resets: list[int] = []
 
-        self._feat_cache: Optional[Tensor] = None  # [T, V, C, h, w] when the encoder is frozen
-        self._ref_maps: Optional[Tensor] = None  # [V, C, h, w]
+        self._feat_cache: Optional[Tensor] = None  # [T, V, C, h, w] feature bank (detached)
         self._ref_step = -1
         self._vis: Optional[Tensor] = None
         self._vis_step = -1
@@ -186,26 +206,28 @@ class Trainer:
 
     @torch.no_grad()
     def _all_features(self) -> Tensor:
-        chunks = [self._encode(self.data.images[i : i + 4]) for i in range(0, self.data.num_frames, 4)]
+        chunks = [self._encode(self._enc_images[i : i + 8]) for i in range(0, self.data.num_frames, 8)]
         return torch.cat(chunks, 0)
 
     def _frame_features(self, frames: list[int]) -> Tensor:
-        if not getattr(self.encoder, "trainable", False):
-            if self._feat_cache is None:
-                self._feat_cache = self._all_features()
+        """Features [B, V, C, h, w] of ``frames``; keeps the clip feature bank current."""
+        frozen = not getattr(self.encoder, "trainable", False)
+        if self._feat_cache is None or (not frozen and self.step_count - self._ref_step >= self.cfg.ref_refresh_every):
+            self._feat_cache = self._all_features()  # the bank: every frame x view, no grad
+            self._ref_step = self.step_count
+        if frozen:
             return self._feat_cache[frames]
-        return self._encode(self.data.images[frames])
+        f = self._encode(self._enc_images[frames])
+        # a jointly-trained encoder drifts: write the fresh features back so that R follows it
+        # smoothly (a reference refreshed only every K steps jumps and destabilised the fit)
+        self._feat_cache[frames] = f.detach()
+        return f
 
     def _reference(self) -> Tensor:
-        frozen = not getattr(self.encoder, "trainable", False)
-        stale = self._ref_maps is None or (not frozen and self.step_count - self._ref_step >= self.cfg.ref_refresh_every)
-        if stale:
-            feats = self._feat_cache if frozen and self._feat_cache is not None else self._all_features()
-            if frozen:
-                self._feat_cache = feats
-            self._ref_maps = dsfd_mod.reference_from_clip(feats, time_dim=0).detach()
-            self._ref_step = self.step_count
-        return self._ref_maps
+        """Clip reference maps R [V, C, h, w] (DSFD) from the feature bank."""
+        if self._feat_cache is None:
+            self._frame_features([0])
+        return dsfd_mod.reference_from_clip(self._feat_cache, time_dim=0)
 
     @torch.no_grad()
     def _visibility(self) -> Tensor:
@@ -233,7 +255,7 @@ class Trainer:
         means = self.gaussians.means.detach()
         uv, _ = project(means, self.data.viewmats, self.data.Ks)
         grid = to_grid(uv, self.W, self.H)
-        f = sample_maps(self._frame_features(frames), grid)  # [B, V, N, C]
+        f = sample_maps(self._frame_features(frames), grid)  # [B, V, N, C] (updates the bank first)
         if self.cfg.use_dsfd:
             ref = sample_maps(self._reference().unsqueeze(0), grid)[0]  # [V, N, C]
             f = dsfd_mod.dsfd(f, ref)
@@ -264,8 +286,8 @@ class Trainer:
         opt.param_groups[0]["lr"] = GAUSSIAN_LRS["means"] * self.cfg.lr * (0.01 ** s)
         for grp in self.net_opt.param_groups:
             if grp["name"] in ("grid", "mlp"):
-                base = (1e-2 if grp["name"] == "grid" else 1e-3) * self.cfg.lr
-                grp["lr"] = base * (0.1 ** s)
+                base = (self.cfg.grid_lr if grp["name"] == "grid" else self.cfg.mlp_lr) * self.cfg.lr
+                grp["lr"] = base * (self.cfg.net_lr_final ** s)
 
     def render_batch(self, means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor,
                      background: Optional[Tensor] = None):
@@ -415,4 +437,4 @@ class Trainer:
         self.step_count = int(sd["step"])
         self.init_method = sd.get("init_method", self.init_method)
         self._vis = None
-        self._ref_maps = None
+        self._feat_cache = None
