@@ -52,9 +52,10 @@ def build_workspace(root: Path, case: Path, views: list[str], frames: list[int],
             _copy(image_path(case, name, f), ws.stage_dir("generate") / "views" / f"{j:03d}" / f"{v:02d}.png", size)
     times = [cams["frame_times"][f] for f in frames]
     inp = _entry(cams, "input", size)
-    cam_json = {"convention": cams["convention"], "prior": "import", "frames": len(frames),
+    cam_json = {"convention": cams["convention"], "prior": "import" if views else "none", "frames": len(frames),
                 "input": {k: inp[k] for k in ("camera_to_world", "K", "width", "height")},
                 "views": [_entry(cams, v, size) for v in views], "frame_times": times}
+    ws.stage_dir("generate").mkdir(parents=True, exist_ok=True)
     (ws.stage_dir("generate") / "cameras.json").write_text(json.dumps(cam_json))
     ws.write_manifest("preprocess", {"test": True}, {"source": "windmill"}, 1, {"frames": len(frames)})
     ws.write_manifest("generate", {"views": views}, {"preprocess": ws.manifest_digest("preprocess")}, 1, {})

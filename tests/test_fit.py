@@ -271,3 +271,29 @@ def test_pretrained_encoder_path_is_frozen_and_cached(windmill_dir, tmp_path):
     tr.step()
     assert tr._feat_cache is cache  # computed once per clip
     assert tr.deform.join.in_features == 2 * 32 + tr.deform.hexplane.out_dim  # concat(f, D) + HexPlane
+
+
+def test_stage_refuses_missing_encoder_and_bad_options(tmp_path):
+    from ds4d_cli.errors import Ds4dError
+    from ds4d_cli.stages.fit import FitOptions, resolve_options
+
+    with pytest.raises(MissingWeightsError, match="no encoder weights"):
+        resolve_options(FitOptions(encoder=str(tmp_path / "dinov2-small")))
+    with pytest.raises(Ds4dError, match="unknown fusion"):
+        resolve_options(FitOptions(fusion="max"))
+    with pytest.raises(Ds4dError, match="steps"):
+        resolve_options(FitOptions(steps=0))
+    o = resolve_options(FitOptions(device="cpu"))
+    assert (o.steps, o.resolution, o.batch_frames, o.num_gaussians) == (1000, 128, 2, 2000)
+    assert resolve_options(FitOptions(no_tssf=True)).fusion == "mean"
+
+
+def test_single_view_hull_is_bounded(windmill_dir, tmp_path):
+    from ds4d_cli.model.init import init_points
+    from ds4d_cli.stages.fit import FitOptions, load_fit_data, resolve_options
+
+    ws = build_workspace(tmp_path / "ws", windmill_dir, [], FRAMES[:1], size=64)
+    data, names = load_fit_data(ws, resolve_options(FitOptions(resolution=64)))
+    assert names == ["input"] and data.num_views == 1
+    pts = init_points(data.images[0], data.viewmats, data.Ks, 500)
+    assert pts.method == "visual_hull" and pts.means.norm(dim=-1).max() < 0.65

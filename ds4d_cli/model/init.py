@@ -46,6 +46,10 @@ def carve(
     # view's frustum is not part of it (treating it as "unconstrained" keeps phantom slabs
     # near the cameras).
     keep = ((a > threshold) & in_view).all(0)
+    if v == 1:
+        # one view (no generated views) leaves depth unconstrained: assume an object-centred
+        # capture and keep the silhouette's extrusion inside a central ball
+        keep &= pts.norm(dim=-1) < 0.6 * bound
     return keep.view(res, res, res)
 
 

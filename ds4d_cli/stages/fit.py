@@ -31,7 +31,7 @@ from PIL import Image
 
 from ds4d_cli.cameras import c2w_to_viewmat
 from ds4d_cli.console import info, warn
-from ds4d_cli.errors import Ds4dError
+from ds4d_cli.errors import Ds4dError, MissingWeightsError
 from ds4d_cli.fsutil import atomic_path, read_json
 from ds4d_cli.workspace import StageResult, Workspace, canonical_digest, run_stage
 
@@ -101,6 +101,12 @@ def resolve_options(opts: FitOptions) -> FitOptions:
         opacity_reset_every=opts.opacity_reset_every if opts.opacity_reset_every is not None else (3000 if cuda else 0),
         fusion="mean" if opts.no_tssf else opts.fusion,
     )
+    if r.encoder and not (Path(r.encoder) / "config.json").is_file():
+        raise MissingWeightsError(
+            f"no encoder weights at {r.encoder}",
+            hint="point --encoder at a local DINOv2 folder (config.json + weights, e.g. saved with "
+            "save_pretrained from facebook/dinov2-small), or omit --encoder to train the small conv encoder",
+        )
     if r.steps < 1:
         raise Ds4dError(f"--steps must be at least 1 (got {r.steps})", hint="e.g. --steps 1000")
     if not 16 <= r.resolution <= 2048:
@@ -301,9 +307,11 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path) -> dict[str,
             info(f"fit: resuming from the checkpoint at step {resumed}")
         elif sd is not None:
             info("fit: the checkpoint was made with other options or inputs; starting over")
-    if resumed == 0:
+    if resumed == 0:  # a fresh start: drop the log and previews of an earlier fit
         if log_path.exists():
             log_path.unlink()
+        for old in (out_dir / "previews").glob("*.png"):
+            old.unlink()
         info(f"fit: initial Gaussians from {trainer.init_method.replace('_', ' ')}")
 
     t_start = time.perf_counter()
