@@ -212,6 +212,8 @@ class Trainer:
     def _frame_features(self, frames: list[int]) -> Tensor:
         """Features [B, V, C, h, w] of ``frames``; keeps the clip feature bank current."""
         frozen = not getattr(self.encoder, "trainable", False)
+        if not frozen and not self.cfg.use_dsfd:  # no reference needed: no bank
+            return self._encode(self._enc_images[frames])
         if self._feat_cache is None or (not frozen and self.step_count - self._ref_step >= self.cfg.ref_refresh_every):
             self._feat_cache = self._all_features()  # the bank: every frame x view, no grad
             self._ref_step = self.step_count
