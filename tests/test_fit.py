@@ -297,3 +297,21 @@ def test_single_view_hull_is_bounded(windmill_dir, tmp_path):
     assert names == ["input"] and data.num_views == 1
     pts = init_points(data.images[0], data.viewmats, data.Ks, 500)
     assert pts.method == "visual_hull" and pts.means.norm(dim=-1).max() < 0.65
+
+
+def test_hull_tolerates_one_inconsistent_generated_view(windmill_dir, tmp_path):
+    """Six generated views, one of them wrong (empty mask): carving must not collapse to the ball."""
+    from ds4d_cli.model.init import carve
+
+    views = ["az090", "az180", "az270", "az045_el30", "az090", "az270"]
+    from ds4d_cli.stages.fit import FitOptions, load_fit_data, resolve_options
+
+    ws = build_workspace(tmp_path / "ws", windmill_dir, views, FRAMES[:1], size=64)
+    data, _ = load_fit_data(ws, resolve_options(FitOptions(resolution=64)))
+    alphas = data.images[0][..., 3].clone()
+    good = carve(alphas, data.viewmats, data.Ks).sum()
+    alphas[3] = 0  # one generated view lost the object
+    bad = carve(alphas, data.viewmats, data.Ks).sum()
+    assert good > 500 and bad > 0.8 * good  # strict carving would leave nothing
+    alphas[0] = 0  # but the input view is always trusted
+    assert carve(alphas, data.viewmats, data.Ks).sum() == 0

@@ -1,7 +1,8 @@
 """Initial canonical Gaussians: visual hull of the middle frame, fallback a random ball.
 
 A voxel grid over [-bound, bound]^3 is carved with the multi-view silhouettes (alpha > 0.5) of the
-middle frame: a voxel survives if it projects inside the silhouette in every view. Points are drawn on the hull's surface voxels (jittered inside the
+middle frame: a voxel survives if it projects inside the silhouette of the input view and of all
+but a third of the generated views (exact carving with up to 2 generated views). Points are drawn on the hull's surface voxels (jittered inside the
 voxel), coloured from the view that sees them most frontally. Too few surviving voxels (bad masks,
 wrong cameras) -> a random ball, so the fit still starts.
 """
@@ -45,7 +46,12 @@ def carve(
     # Every camera of an object-centred capture sees the whole object: a voxel outside any
     # view's frustum is not part of it (treating it as "unconstrained" keeps phantom slabs
     # near the cameras).
-    keep = ((a > threshold) & in_view).all(0)
+    inside = (a > threshold) & in_view  # [V, P]
+    # Generated views are not exactly consistent (a diffusion prior): with many of them, a voxel
+    # may fall outside the silhouette in up to a third of the generated views. The input view
+    # (the real frame) must always agree. With 2 generated views this is exact carving.
+    misses = (~inside[1:]).sum(0)
+    keep = inside[0] & (misses <= (v - 1) // 3)
     if v == 1:
         # one view (no generated views) leaves depth unconstrained: assume an object-centred
         # capture and keep the silhouette's extrusion inside a central ball
