@@ -85,7 +85,7 @@ def _report(result: Any) -> None:
     state = "[green]cached[/green]" if result.cached else "[green]done[/green]"
     figures = {k: v for k, v in (result.summary or {}).items() if isinstance(v, (int, float, str)) and len(str(v)) < 60}
     shown = "  ".join(f"{k}={_fmt(v)}" for k, v in list(figures.items())[:6])
-    console.print(f"{result.name}: {state}  {shown}  [dim]{result.dir}[/dim]")
+    console.print(f"{result.name}: {state}  {shown}  [dim]{result.dir}[/dim]", soft_wrap=True)
 
 
 def _fmt(value: Any) -> str:
@@ -261,6 +261,7 @@ def _fit_options(
     checkpoint_every: int,
     seed: int,
     restart: bool,
+    **tuning: Any,
 ) -> Any:
     from ds4d_cli.stages.fit import FitOptions
 
@@ -275,6 +276,7 @@ def _fit_options(
         checkpoint_every=checkpoint_every,
         seed=seed,
         restart=restart,
+        **tuning,
     )
 
 
@@ -285,6 +287,13 @@ _NO_TSSF = typer.Option(False, "--no-tssf", help="Ablation: plain mean over view
 _FUSION = typer.Option("da", "--fusion", help="TSSF variant: da (distance-aware, default), ga (learned), mean.")
 _ENCODER = typer.Option(None, "--encoder", help="Local folder of a DINOv2 model; default: a small jointly-trained CNN.")
 _CKPT = typer.Option(100, "--checkpoint-every", help="Save a resumable checkpoint every N steps.")
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    dense = "dense"
 
 
 @app.command()
@@ -300,13 +309,35 @@ def fit(
     checkpoint_every: int = _CKPT,
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     restart: bool = typer.Option(False, "--restart", help="Ignore checkpoints and start the fit over."),
+    batch_frames: Optional[int] = typer.Option(None, "--batch-frames", help="Frames per step (default 2 on CPU, 4 on CUDA)."),
+    lr: float = typer.Option(1.0, "--lr", help="Multiplier on every learning rate."),
+    num_gaussians: Optional[int] = typer.Option(None, "--num-gaussians", help="Initial Gaussians (default 2000 CPU, 20000 CUDA)."),
+    max_gaussians: Optional[int] = typer.Option(None, "--max-gaussians", help="Densification cap (default 5000 CPU, 200000 CUDA)."),
+    input_weight: float = typer.Option(1.0, "--input-weight", help="Loss weight of the input (reference) view."),
+    view_weight: float = typer.Option(0.5, "--view-weight", help="Loss weight of each generated view (less reliable)."),
+    ssim_weight: float = typer.Option(0.2, "--ssim-weight", help="Share of D-SSIM in the image loss."),
+    mask_weight: float = typer.Option(1.0, "--mask-weight", help="Weight of the silhouette (alpha) loss."),
+    smooth_weight: float = typer.Option(0.1, "--smooth-weight", help="Temporal smoothness of the deformation."),
+    densify: bool = typer.Option(True, "--densify/--no-densify", help="Split, clone and prune Gaussians (gsplat strategy)."),
+    densify_every: int = typer.Option(100, "--densify-every", help="Steps between densification rounds."),
+    opacity_reset_every: Optional[int] = typer.Option(None, "--opacity-reset-every", help="0 = never (default on CPU; 3000 on CUDA)."),
+    preview_every: int = typer.Option(250, "--preview-every", help="Write preview images every N steps."),
+    log_every: int = typer.Option(10, "--log-every", help="Append to fit/log.jsonl every N steps."),
+    backend: Backend = typer.Option(Backend.auto, "--backend", help="Rasterizer: auto, cpu, cuda or dense (slow reference)."),
     force: bool = _FORCE,
 ) -> None:
     """Fit dynamic 3D Gaussians (DSFD + TSSF deformation); resumes from its last checkpoint."""
     ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import fit as stage
 
-    opts = _fit_options(steps, device, resolution, no_dsfd, no_tssf, fusion, encoder, checkpoint_every, seed, restart)
+    opts = _fit_options(
+        steps, device, resolution, no_dsfd, no_tssf, fusion, encoder, checkpoint_every, seed, restart,
+        batch_frames=batch_frames, lr=lr, num_gaussians=num_gaussians, max_gaussians=max_gaussians,
+        input_weight=input_weight, view_weight=view_weight, ssim_weight=ssim_weight, mask_weight=mask_weight,
+        smooth_weight=smooth_weight, densify=densify, densify_every=densify_every,
+        opacity_reset_every=opacity_reset_every, preview_every=preview_every, log_every=log_every,
+        backend=backend.value,
+    )
     _report(stage.run(ws, opts, force=force or restart))
 
 
@@ -414,7 +445,7 @@ def run(
     console.print("[bold]outputs:[/bold]")
     for result in outputs:
         for path in result.summary.get("outputs", [str(result.dir)]):
-            console.print(f"  {path}")
+            console.print(f"  {path}", soft_wrap=True, markup=False)
 
 
 @app.command()

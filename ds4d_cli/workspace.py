@@ -147,10 +147,9 @@ class Workspace:
                         hint="use another -w/--workspace, or --force to replace its contents",
                     )
                 ws.clear_stages()
-            write_json_atomic(
-                root / WORKSPACE_FILE,
-                {"source": str(source), "source_sha256": digest, "ds4d_version": __version__},
-            )
+            fresh = {"source": str(source), "source_sha256": digest, "ds4d_version": __version__}
+            if record != fresh:  # a cached rerun rewrites nothing
+                write_json_atomic(root / WORKSPACE_FILE, fresh)
         return ws
 
     def source_record(self) -> dict[str, Any] | None:
