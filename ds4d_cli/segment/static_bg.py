@@ -10,8 +10,12 @@ Per frame: the colour distance to the background (after a light blur that tames 
 compression noise) is thresholded with hysteresis: Otsu's threshold on the whole clip's distances
 gives sure-object seeds, and the object grows from them down to a noise-based level (background
 median + 8 robust sigmas), so low-contrast parts join while isolated noise does not. A closing
-bridges cracks, the blurred rim is peeled back, and :mod:`ds4d_cli.segment.cleanup` then keeps the
-largest component.
+bridges cracks and the blurred rim is peeled back. The edge's soft alpha is then *un-mixed* rather
+than thresholded (:func:`matte`): an edge pixel is a blend of the object's colour and the known
+background, and the blend weight is its alpha. Thresholding a blurred distance instead left a rim
+of background about one pixel wide, which at low resolution is a large share of the object and
+which a fitted model reproduces as an outline. :mod:`ds4d_cli.segment.cleanup` then keeps the
+largest component. :func:`unmix` can also remove the background's share from the rim's colour.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ MIN_THRESHOLD = 6.0
 NOISE_K = 8.0
 #: A rim pixel stays when its unblurred distance exceeds the median + EDGE_K sigmas.
 EDGE_K = 4.0
+#: Width (px) of the band on each side of the thresholded edge where alpha is un-mixed (see
+#: matte()): the mixed pixels of an anti-aliased edge. Wider bands erode the core of thin parts
+#: (a 3-px blade has none left at 2), whose colour must then come from farther away.
+BAND = 1
+#: Gaussian sigma (px) of the local object-colour estimate used for un-mixing.
+FG_SIGMA = 2.0
 #: Frames needed for a meaningful temporal median.
 MIN_FRAMES_FOR_MEDIAN = 3
 
@@ -83,6 +93,16 @@ class StaticBgSegmenter:
     name: str = "static-bg"
     notes: list[str] = field(default_factory=list)
     threshold: float | None = None  # the distance threshold used last (for meta/tests)
+    _raw_bg: np.ndarray | None = field(default=None, repr=False)
+
+    def decontaminate(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """The frame's foreground colour with the background's share of rim pixels removed.
+
+        Only valid after :meth:`segment` (it needs the background model); see :func:`unmix`.
+        """
+        if self._raw_bg is None:
+            raise RuntimeError("decontaminate() needs segment() first")
+        return unmix(frame[..., :3].astype(np.float32), self._raw_bg, alpha)
 
     def background(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         h, w = frames[0].shape[:2]
@@ -109,6 +129,7 @@ class StaticBgSegmenter:
         every frame's distances, then each frame's distances are recomputed and thresholded.
         """
         raw_bg = self.background(frames)
+        self._raw_bg = raw_bg
         bg = _blur(raw_bg, self.blur_sigma)
         step = max(2, int(np.ceil(np.sqrt(frames[0].shape[0] * frames[0].shape[1] / 65536.0))))
         samples = [tuple(x[::step, ::step] for x in self._distances(f, bg, raw_bg)) for f in frames]
@@ -124,7 +145,7 @@ class StaticBgSegmenter:
             # must differ from the background by itself (beyond the per-pixel noise) to stay.
             rim = hard & ~ndi.binary_erosion(hard, structure=_SQUARE, iterations=reach)
             hard &= ~(rim & (dp < edge))
-            masks.append(_soften(hard, d, low))
+            masks.append(matte(f[..., :3].astype(np.float32), raw_bg, hard, edge))
             if on_frame is not None:
                 on_frame()
         if self.plate is None:
@@ -176,11 +197,70 @@ def _robust(values: np.ndarray) -> tuple[float, float]:
     return med, float(1.4826 * np.median(np.abs(values - med)))
 
 
-def _soften(hard: np.ndarray, dist: np.ndarray, low: float) -> np.ndarray:
-    """Opaque inside, a one-pixel soft edge from the distance on both sides of the boundary."""
-    soft = np.clip(dist / (2.0 * low), 0.0, 1.0)
-    inner = ndi.binary_erosion(hard, structure=_SQUARE)
-    near = ndi.binary_dilation(hard, structure=_SQUARE)
-    alpha = np.where(hard, np.maximum(soft, 0.5), np.where(near, np.minimum(soft, 0.49), 0.0))
-    alpha[inner] = 1.0
-    return alpha.astype(np.float32)
+def _local_mean(rgb: np.ndarray, weight: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-weighted mean colour of the pixels where ``weight`` is set, and the weight density."""
+    w = ndi.gaussian_filter(weight.astype(np.float32), sigma)
+    acc = ndi.gaussian_filter(rgb * weight[..., None], sigma=(sigma, sigma, 0))
+    return acc / np.maximum(w, 1e-6)[..., None], w
+
+
+def foreground_estimate(rgb: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """Each pixel's nearby pure-object colour: a local mean over the sure core, widened where sparse."""
+    fg, w = _local_mean(rgb, core, FG_SIGMA)
+    wide, _ = _local_mean(rgb, core, 4 * FG_SIGMA)
+    sparse = w < 0.02
+    fg[sparse] = wide[sparse]
+    return fg
+
+
+def matte(rgb: np.ndarray, bg: np.ndarray, hard: np.ndarray, noise: float) -> np.ndarray:
+    """Soft alpha: opaque core, zero far outside, and a linear un-mixing in a band around the edge.
+
+    A boundary pixel is a mix I = a F + (1 - a) B of the object colour F and the known background
+    B, so a = (I - B).(F - B) / |F - B|^2. B is the background model; F comes from the nearby core
+    (the thresholded mask eroded by BAND px). This replaces a rim decided by thresholding a
+    blurred distance, which at low resolution is a whole pixel too wide. Where F is too close to
+    B for the ratio to mean anything, the thresholded mask is kept as it is.
+    """
+    core = ndi.binary_erosion(hard, structure=_SQUARE, iterations=BAND, border_value=1)
+    near = ndi.binary_dilation(hard, structure=_SQUARE, iterations=BAND)
+    band = near & ~core
+    alpha = core.astype(np.float32)
+    if not band.any():
+        return alpha
+    if not core.any():
+        core = hard
+    fg = foreground_estimate(rgb, core)
+    ys, xs = np.nonzero(band)
+    i_b = rgb[ys, xs] - bg[ys, xs]
+    f_b = fg[ys, xs] - bg[ys, xs]
+    contrast = (f_b * f_b).sum(axis=1)
+    a = (i_b * f_b).sum(axis=1) / np.maximum(contrast, 1e-6)
+    # Sensor noise alone moves a background pixel by up to `noise`: that projects to a small
+    # alpha which must not count as object.
+    floor = noise / np.sqrt(np.maximum(contrast, 1e-6))
+    a = np.clip((a - floor) / np.maximum(1.0 - floor, 1e-3), 0.0, 1.0)
+    weak = np.sqrt(contrast) < 3.0 * max(noise, MIN_THRESHOLD)
+    a[weak] = hard[ys, xs][weak]
+    alpha[ys, xs] = a
+    return alpha
+
+
+def unmix(rgb: np.ndarray, bg: np.ndarray, alpha: np.ndarray, min_alpha: float = 0.2) -> np.ndarray:
+    """Foreground colour F = (I - (1 - a) B) / a, as uint8 RGB (exact for a known plate B).
+
+    Dividing by a small alpha amplifies noise, so below ``min_alpha`` the colour blends toward the
+    nearby opaque colour instead; opaque pixels are returned unchanged.
+    """
+    a = np.clip(np.asarray(alpha, np.float32), 0.0, 1.0)[..., None]
+    out = rgb.copy()
+    rim = (a[..., 0] > 0) & (a[..., 0] < 1)
+    if not rim.any():
+        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    safe = np.maximum(a, min_alpha)
+    raw = np.clip(bg + (rgb - bg) / safe, 0.0, 255.0)
+    fg = foreground_estimate(rgb, a[..., 0] >= 0.999)
+    trust = np.clip(a / min_alpha, 0.0, 1.0)
+    mixed = trust * raw + (1 - trust) * fg
+    out[rim] = mixed[rim]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)

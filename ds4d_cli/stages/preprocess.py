@@ -27,7 +27,7 @@ from ds4d_cli.workspace import StageResult, Workspace, run_stage, sha256_of_path
 
 STAGE = "preprocess"
 #: Bump when the outputs for the same options change (segmentation, crop or file layout).
-VERSION = 1
+VERSION = 2
 #: A frame holds an object when at least this fraction of it (and MIN_OBJECT_PIXELS) is opaque.
 MIN_OBJECT_FRACTION = 5e-4
 MIN_OBJECT_PIXELS = 16
