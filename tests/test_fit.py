@@ -315,3 +315,34 @@ def test_hull_tolerates_one_inconsistent_generated_view(windmill_dir, tmp_path):
     assert good > 500 and bad > 0.8 * good  # strict carving would leave nothing
     alphas[0] = 0  # but the input view is always trusted
     assert carve(alphas, data.viewmats, data.Ks).sum() == 0
+
+
+def test_gaussians_outside_the_input_crop_are_pruned(windmill_dir, tmp_path):
+    """The input view holds every silhouette: a Gaussian whose centre projects outside it (or
+    behind its camera) is a floater that eval's full-frame input view would show. The loop removes
+    it at the next densification point, keeping parameters and optimiser state in step."""
+    from torch import nn
+
+    tr = _small_trainer(windmill_dir, tmp_path, densify=False, densify_every=3, steps=10)
+    assert not tr.outside_input().any()  # the hull init lies inside the input view
+    floaters = torch.tensor([[1.5, 0.0, 0.0], [0.0, -2.6, 0.0]])  # off to the side; behind the camera
+    g = tr.gaussians.params
+    extra = {"means": floaters}
+    for k, p in list(g.items()):
+        new = nn.Parameter(torch.cat([p.detach(), extra.get(k, p.detach()[:2])]))
+        g[k] = new
+        tr.optimizers[k].param_groups[0]["params"] = [new]
+    n0 = tr.gaussians.num_gaussians
+    assert tr.outside_input()[-2:].all()
+    for _ in range(3):
+        tr.step()
+    n = tr.gaussians.num_gaussians
+    assert n <= n0 - 2 and n >= 0.9 * n0
+    assert torch.cdist(floaters, tr.gaussians.params["means"].detach()).min() > 0.3
+    assert not tr.outside_input().any()
+    for k, p in tr.gaussians.params.items():
+        assert p.shape[0] == n and tr.optimizers[k].param_groups[0]["params"][0] is p
+        if p.numel():
+            assert tr.optimizers[k].state[p]["exp_avg"].shape == p.shape
+    tr.step()
+    assert tr._vis.shape[1] == n

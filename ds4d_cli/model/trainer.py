@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 from gsplat.strategy import DefaultStrategy
-from gsplat.strategy.ops import reset_opa
+from gsplat.strategy.ops import remove, reset_opa
 from torch import Tensor, nn
 
 from ds4d_cli.gaussians import Gaussians
@@ -81,6 +81,11 @@ class TrainConfig:
     grow_grad2d: float = 0.0002
     prune_opacity: float = 0.005
     opacity_reset_every: int = 0  # 0 = never (short fits); our reset, gsplat 1.5.3's is dead
+    # Remove Gaussians whose centre leaves the input view's image (or goes behind its camera) in
+    # any frame, every ``densify_every`` steps and after the last step. The input view is the
+    # preprocessed crop, which holds every silhouette: such a Gaussian is a floater that no loss
+    # sees there, and it shows up when the input camera is rendered over the full frame.
+    prune_outside_input: bool = True
     use_dsfd: bool = True
     fusion: str = "da"  # "da" | "ga" | "mean" ("mean" = --no-tssf)
     feat_dim: int = 16
@@ -191,6 +196,7 @@ class Trainer:
         self.strategy.check_sanity(self.gaussians.params, self.optimizers)
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self.opacity_resets: list[int] = []
+        self.pruned_outside = 0  # Gaussians removed by prune_outside_input so far
 
         self._feat_cache: Optional[Tensor] = None  # [T, V, C, h, w] feature bank (detached)
         self._ref_step = -1
@@ -340,6 +346,9 @@ class Trainer:
         self.net_opt.zero_grad(set_to_none=True)
         self.step_count += 1
         self._maybe_reset_opacity()
+        if cfg.prune_outside_input and (self.step_count % max(1, cfg.densify_every) == 0
+                                        or self.step_count == cfg.steps):
+            self.prune_outside_input()
         if self.gaussians.num_gaussians != n_before:
             self._vis = None
 
@@ -359,6 +368,33 @@ class Trainer:
                                              self.step_count + 1, info, packed=False)
         finally:
             self.strategy.grow_grad2d = saved
+
+    @torch.no_grad()
+    def outside_input(self, chunk: int = 4) -> Tensor:
+        """[N] bool: the Gaussian's deformed centre projects outside the input image (view 0) or
+        lies behind its camera in at least one frame."""
+        out = torch.zeros(self.gaussians.num_gaussians, dtype=torch.bool, device=self.device)
+        vm, K = self.data.viewmats[:1], self.data.Ks[:1]
+        for i in range(0, self.data.num_frames, chunk):
+            d = self.deformed(list(range(i, min(self.data.num_frames, i + chunk))))
+            for m in d.means:  # [N, 3] per frame
+                uv, z = project(m, vm, K)  # [1, N, 2], [1, N]
+                u, v = uv[0, :, 0], uv[0, :, 1]
+                out |= (z[0] <= 1e-3) | (u < 0) | (u > self.W) | (v < 0) | (v > self.H)
+        return out
+
+    @torch.no_grad()
+    def prune_outside_input(self) -> int:
+        """Remove the floaters of :meth:`outside_input` (parameters, optimiser and strategy state
+        kept in step); the number removed. Keeps at least one Gaussian."""
+        mask = self.outside_input()
+        n = int(mask.sum())
+        if n == 0 or n == mask.numel():
+            return 0
+        remove(self.gaussians.params, self.optimizers, self.strategy_state, mask)
+        self._vis = None
+        self.pruned_outside += n
+        return n
 
     def _maybe_reset_opacity(self) -> None:
         every = self.cfg.opacity_reset_every
@@ -413,6 +449,7 @@ class Trainer:
             "net_opt": self.net_opt.state_dict(),
             "strategy_state": {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in self.strategy_state.items()},
             "opacity_resets": list(self.opacity_resets),
+            "pruned_outside": self.pruned_outside,
             "rng_python": self.rng.getstate(),
             "rng_torch": torch.get_rng_state(),
             "config": asdict(self.cfg),
@@ -434,6 +471,7 @@ class Trainer:
         self.strategy_state = {k: (v.to(self.device) if isinstance(v, Tensor) else v)
                                for k, v in sd["strategy_state"].items()}
         self.opacity_resets = list(sd.get("opacity_resets", []))
+        self.pruned_outside = int(sd.get("pruned_outside", 0))
         self.rng.setstate(sd["rng_python"])
         torch.set_rng_state(sd["rng_torch"])
         self.step_count = int(sd["step"])

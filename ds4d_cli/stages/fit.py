@@ -35,7 +35,7 @@ from ds4d_cli.errors import Ds4dError, MissingWeightsError
 from ds4d_cli.fsutil import atomic_path, read_json
 from ds4d_cli.workspace import StageResult, Workspace, canonical_digest, run_stage
 
-VERSION = 1
+VERSION = 2  # 2: Gaussians outside the input view are pruned
 FUSIONS = ("da", "ga", "mean")
 
 
@@ -351,6 +351,7 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path) -> dict[str,
         "frames": T,
         "views": names,
         "gaussians": trainer.gaussians.num_gaussians,
+        "pruned_outside_input": trainer.pruned_outside,
         "init": trainer.init_method,
         "device": opts.device,
         "resolution": opts.resolution,
