@@ -7,7 +7,6 @@ are imported inside the commands so that ``ds4d --help`` stays instant.
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from dataclasses import dataclass

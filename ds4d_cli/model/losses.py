@@ -46,12 +46,3 @@ def image_losses(
         dssim = torch.zeros((), device=pred_rgb.device)
     total = (1 - ssim_weight) * l1 + ssim_weight * dssim + mask_weight * mask
     return {"l1": l1, "dssim": dssim, "mask": mask, "total": total}
-
-
-def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
-    """PSNR in dB over all pixels (or the pixels where ``mask`` [.., H, W] is true)."""
-    err = (pred - target).pow(2)
-    if mask is not None:
-        err = err[mask.expand_as(err[..., 0]).unsqueeze(-1).expand_as(err)]
-    mse = float(err.mean())
-    return float("inf") if mse <= 0 else -10.0 * torch.log10(torch.tensor(mse)).item()

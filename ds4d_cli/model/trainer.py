@@ -18,7 +18,6 @@ One step:
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,12 +30,13 @@ from gsplat.strategy.ops import remove, reset_opa
 from torch import Tensor, nn
 
 from ds4d_cli.gaussians import Gaussians
+from ds4d_cli.metrics import psnr_from_mse
 from ds4d_cli.render import render
 
 from . import dsfd as dsfd_mod
 from .deformation import DeformationNet
 from .features import build_encoder
-from .init import init_points, rgb_to_sh0
+from .init import init_points
 from .losses import image_losses
 from .sampling import project, sample_maps, to_grid, visibility
 from .tssf import TSSF
@@ -121,8 +121,7 @@ class StepStats:
 
 
 def _psnr(a: Tensor, b: Tensor) -> float:
-    mse = float((a - b).pow(2).mean())
-    return 100.0 if mse <= 1e-10 else -10 * math.log10(mse)
+    return psnr_from_mse(float((a - b).pow(2).mean()))
 
 
 class Trainer:

@@ -11,7 +11,6 @@ Two implementations of the same maths (see :mod:`.projection` for the constants)
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 

@@ -8,7 +8,6 @@ the tile intersections and composite. Going through the lower-level calls, not
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .projection import num_tiles

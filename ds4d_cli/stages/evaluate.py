@@ -174,7 +174,6 @@ def evaluate_model(model: Any, gt_views: list[GtView], gt_times: list[float],
             bar.advance(1)
 
     rows = []
-    pooled: dict[str, list[float]] = {}
     for k, v in enumerate(gt_views):
         pred, gt = torch.stack(renders[k]), torch.stack(gts[k])
         all_gt = torch.stack([_load_rgb(f, background, (v.width, v.height)) for f in v.files])

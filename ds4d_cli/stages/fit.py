@@ -16,11 +16,10 @@ and inputs; ``restart=True`` starts over.
 from __future__ import annotations
 
 import json
-import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +32,7 @@ from ds4d_cli.cameras import c2w_to_viewmat
 from ds4d_cli.console import info, warn
 from ds4d_cli.errors import Ds4dError, MissingWeightsError
 from ds4d_cli.fsutil import atomic_path, read_json
+from ds4d_cli.metrics import psnr_from_mse
 from ds4d_cli.workspace import StageResult, Workspace, canonical_digest, run_stage
 
 VERSION = 2  # 2: Gaussians outside the input view are pruned
@@ -226,7 +226,7 @@ def evaluate_training_views(trainer, data, names: list[str]) -> dict[str, float]
         mse = (rgb - tgt).pow(2).mean((2, 3, 4))  # [B, V]
         for v, n in enumerate(names):
             out[n] += mse[:, v].tolist()
-    return {n: round(-10 * math.log10(max(float(np.mean(m)), 1e-10)), 3) for n, m in out.items()}
+    return {n: round(psnr_from_mse(float(np.mean(m))), 3) for n, m in out.items()}
 
 
 def _save_checkpoint(path: Path, trainer, key: str) -> None:
