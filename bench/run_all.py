@@ -21,7 +21,7 @@ import bench_render  # noqa: E402
 
 
 def main() -> int:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # logs keep whole table rows
     quick = "--quick" in sys.argv
     rows = bench_render.run(quick=quick, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     console.print(bench_render.render_table(rows))
