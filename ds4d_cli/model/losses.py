@@ -12,7 +12,7 @@ from pytorch_msssim import ssim
 from torch import Tensor
 
 
-def composite(rgba_or_rgb: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
+def composite(rgba_or_rgb: Tensor, alpha: Tensor, background: Tensor | float) -> Tensor:
     """rgb * a + bg * (1 - a) for [C, H, W, 3] colour (straight) and [C, H, W, 1] alpha."""
     return rgba_or_rgb * alpha + background * (1 - alpha)
 

@@ -37,7 +37,7 @@ from . import dsfd as dsfd_mod
 from .deformation import DeformationNet
 from .features import build_encoder
 from .init import init_points
-from .losses import image_losses
+from .losses import composite, image_losses
 from .sampling import project, sample_maps, to_grid, visibility
 from .tssf import TSSF
 
@@ -353,7 +353,8 @@ class Trainer:
 
         with torch.no_grad():
             inp = [i * V for i in range(len(frames))]
-            p = _psnr(pred[inp].clamp(0, 1), target[inp][..., :3] * target[inp][..., 3:] + (1 - target[inp][..., 3:]) * bg)
+            ref = target[inp]
+            p = _psnr(pred[inp].clamp(0, 1), composite(ref[..., :3], ref[..., 3:], bg))
         return StepStats(self.step_count, float(loss.detach()), p, self.gaussians.num_gaussians,
                          {k: float(v.detach()) for k, v in losses.items()}, time.perf_counter() - t_start)
 

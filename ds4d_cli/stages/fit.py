@@ -33,6 +33,7 @@ from ds4d_cli.console import info, warn
 from ds4d_cli.errors import Ds4dError, MissingWeightsError
 from ds4d_cli.fsutil import atomic_path, read_json
 from ds4d_cli.metrics import psnr_from_mse
+from ds4d_cli.model.losses import composite
 from ds4d_cli.workspace import StageResult, Workspace, canonical_digest, run_stage
 
 VERSION = 2  # 2: Gaussians outside the input view are pruned
@@ -205,7 +206,7 @@ def _preview(trainer, data) -> torch.Tensor:
     views = list(range(min(V, 4)))
     rgb = trainer.render_frames(frames, views, background=1.0)  # [B, V', H, W, 3]
     tgt = data.images[frames][:, views].to(rgb.device)
-    tgt = tgt[..., :3] * tgt[..., 3:] + (1 - tgt[..., 3:])
+    tgt = composite(tgt[..., :3], tgt[..., 3:], 1.0)  # over white
     rows = []
     for b in range(len(frames)):
         rows.append(torch.cat(list(rgb[b]), dim=1))
@@ -222,7 +223,7 @@ def evaluate_training_views(trainer, data, names: list[str]) -> dict[str, float]
         frames = list(range(i, min(T, i + 4)))
         rgb = trainer.render_frames(frames, None, background=1.0).cpu()
         tgt = data.images[frames].cpu()
-        tgt = tgt[..., :3] * tgt[..., 3:] + (1 - tgt[..., 3:])
+        tgt = composite(tgt[..., :3], tgt[..., 3:], 1.0)  # over white
         mse = (rgb - tgt).pow(2).mean((2, 3, 4))  # [B, V]
         for v, n in enumerate(names):
             out[n] += mse[:, v].tolist()
