@@ -1,0 +1,215 @@
+"""`make eval`: the quality table -- every shared example fitted as a user fits it, then scored.
+
+For each case (windmill, flapper and their ``_noisy`` copies, from ``../shared/examples``):
+
+1. ``ds4d preprocess CASE/input.mp4 --segmenter static-bg --background-plate CASE/background.png
+   --frames 24`` (once per clip: the ``_noisy`` copies share their clean case's clip, so the
+   preprocessed workspace is copied);
+2. ``ds4d generate --prior import CASE --views <the six zpp_* views>`` (the degraded copy's views
+   for ``_noisy``), or ``--prior none --input-camera CASE`` for the single-view column;
+3. ``ds4d fit`` at the CPU defaults (plus the variant's flags: none, or ``--no-dsfd --no-tssf``),
+   with ``--seed``;
+4. ``ds4d eval --gt CLEANCASE --views input,<ho ring>`` (and the four standard views for
+   ``--prior none``) -- always against the clean ground truth.
+
+It prints one table (input / held-out PSNR, SSIM, moving-pixel PSNR, silhouette IoU, fit seconds)
+plus the "frozen ground truth" reference (each view's middle ground-truth frame shown at every
+time: perfect shape, no motion), and writes every figure to a JSON file.
+
+    python bench/quality.py                         # everything (hours on 2 cores)
+    python bench/quality.py --cases windmill,flapper --variants full --seeds 0
+    python bench/quality.py --fit-args "--steps 300"   # extra flags for every fit (experiments)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO.parent / "shared" / "examples"
+ZPP = ["zpp_az030_elp30", "zpp_az090_elm20", "zpp_az150_elp30", "zpp_az210_elm20", "zpp_az270_elp30",
+       "zpp_az330_elm20"]
+HO = ["ho_az060_elp10", "ho_az180_elp00", "ho_az120_elm10", "ho_az240_elp15", "ho_az300_elp00", "ho_az000_elp45"]
+STANDARD = ["az090", "az180", "az270", "az045_el30"]
+CASES = ["windmill", "flapper", "windmill_noisy", "flapper_noisy"]
+VARIANTS = {"full": [], "plain": ["--no-dsfd", "--no-tssf"], "none": []}
+
+
+def _ds4d() -> str:
+    return str(Path(sys.executable).with_name("ds4d"))
+
+
+def _run(args: list[str], log: Path) -> float:
+    """Run ``ds4d ARGS`` (quiet, output appended to ``log``); wall seconds. Raises on failure."""
+    start = time.perf_counter()
+    with log.open("a") as fh:
+        fh.write("$ ds4d " + " ".join(args) + "\n")
+        fh.flush()
+        res = subprocess.run([_ds4d(), "--quiet", *args], stdout=fh, stderr=subprocess.STDOUT)
+    if res.returncode != 0:
+        raise RuntimeError(f"ds4d {' '.join(args[:3])} failed (exit {res.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def clean_case(case: str) -> str:
+    return case.removesuffix("_noisy")
+
+
+def preprocessed(work: Path, case: str) -> Path:
+    """A workspace holding only the preprocessed clip of ``case`` (shared by its variants)."""
+    base = clean_case(case)
+    ws = work / f"pre-{base}"
+    if not (ws / "preprocess" / "manifest.json").is_file():
+        src = EXAMPLES / base
+        _run(["-w", str(ws), "preprocess", str(src / "input.mp4"), "--segmenter", "static-bg",
+              "--background-plate", str(src / "background.png"), "--frames", "24"], work / "log.txt")
+    return ws
+
+
+def fit_case(work: Path, case: str, variant: str, seed: int, fit_args: list[str]) -> dict[str, Any]:
+    """Preprocess (shared), generate, fit and eval one (case, variant, seed); figures as a dict."""
+    ws = work / f"{case}-{variant}-s{seed}"
+    log = work / f"{ws.name}.log"
+    if ws.exists():
+        shutil.rmtree(ws)
+    shutil.copytree(preprocessed(work, case), ws)
+    gt = EXAMPLES / clean_case(case)
+    if variant == "none":
+        _run(["-w", str(ws), "generate", "--prior", "none", "--input-camera", str(gt)], log)
+        views = ["input", *STANDARD, *HO]
+    else:
+        _run(["-w", str(ws), "generate", "--prior", "import", str(EXAMPLES / case), "--views", ",".join(ZPP)], log)
+        views = ["input", *HO]
+    fit_s = _run(["-w", str(ws), "fit", "--seed", str(seed), *VARIANTS[variant], *fit_args], log)
+    out = subprocess.run([_ds4d(), "--quiet", "-w", str(ws), "eval", "--gt", str(gt), "--views", ",".join(views),
+                          "--json"], check=True, stdout=subprocess.PIPE, text=True)
+    ev = json.loads(out.stdout)
+    return summarise(ev, fit_s)
+
+
+def summarise(ev: dict[str, Any], fit_s: Optional[float]) -> dict[str, Any]:
+    """The table's figures from one ``ds4d eval --json`` result."""
+    rows = {r["view"]: r for r in ev["views"]}
+    held = [r for r in ev["views"] if r["view"] != "input"]
+    inp = rows.get("input", {})
+    agg = ev.get("held_out") or {}
+    return {
+        "input_psnr": inp.get("psnr"),
+        "input_moving": inp.get("masked_psnr"),
+        "held_psnr": float(np.mean([r["psnr"] for r in held])) if held else None,
+        "held_ssim": float(np.mean([r["ssim"] for r in held])) if held else None,
+        "held_moving": agg.get("masked_psnr"),
+        "held_iou": float(np.mean([r["iou"] for r in held])) if held and "iou" in held[0] else None,
+        "near_debris": max((r.get("near_debris", 0.0) for r in held), default=None),
+        "sharpness": agg.get("sharpness"),
+        "fit_s": fit_s,
+        "views": ev["views"],
+    }
+
+
+def _load(path: Path, bg: float = 1.0) -> np.ndarray:
+    a = np.asarray(Image.open(path).convert("RGBA"), dtype=np.float32) / 255.0
+    return a[..., :3] * a[..., 3:] + bg * (1 - a[..., 3:])
+
+
+def frozen_reference(case: str) -> dict[str, Any]:
+    """Each view's middle ground-truth frame shown at every time, scored like ``ds4d eval``."""
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from ds4d_cli import metrics
+
+    gt = EXAMPLES / clean_case(case)
+    rows = []
+    for view in ["input", *HO]:
+        folder = gt / "input" if view == "input" else gt / "gt" / view
+        frames = np.stack([_load(p) for p in sorted(folder.glob("*.png"))])
+        seq = torch.from_numpy(frames)
+        mid = seq[len(seq) // 2].expand_as(seq)
+        mask = metrics.moving_mask(seq)
+        sq, count = metrics.masked_mse(mid, seq, mask)
+        rows.append({"view": view, "psnr": float(metrics.psnr(mid, seq).mean()),
+                     "ssim": float(metrics.ssim(mid, seq).mean()), "sq": sq, "count": count})
+    held = [r for r in rows if r["view"] != "input"]
+    return {
+        "input_psnr": rows[0]["psnr"],
+        "input_moving": metrics.psnr_from_mse(rows[0]["sq"] / rows[0]["count"]),
+        "held_psnr": float(np.mean([r["psnr"] for r in held])),
+        "held_ssim": float(np.mean([r["ssim"] for r in held])),
+        "held_moving": metrics.psnr_from_mse(sum(r["sq"] for r in held) / sum(r["count"] for r in held)),
+    }
+
+
+def _fmt(x: Any, d: int = 2) -> str:
+    return "-" if x is None else (f"{x:.{d}f}" if isinstance(x, float) else str(x))
+
+
+COLUMNS = (("input_psnr", "input PSNR", 2), ("input_moving", "input moving", 2), ("held_psnr", "held-out PSNR", 2),
+           ("held_ssim", "held-out SSIM", 4), ("held_moving", "held-out moving", 2), ("held_iou", "IoU", 3),
+           ("fit_s", "fit s", 0))
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A markdown table, one row per (case, variant, seed), then means per variant."""
+    head = "| case | variant | seed | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+    for r in results:
+        lines.append(f"| {r['case']} | {r['variant']} | {r.get('seed', '-')} | "
+                     + " | ".join(_fmt(r.get(k), d) for k, _, d in COLUMNS) + " |")
+    for variant in dict.fromkeys(r["variant"] for r in results):
+        sub = [r for r in results if r["variant"] == variant]
+        means = []
+        for k, _, d in COLUMNS:
+            vals = [r[k] for r in sub if r.get(k) is not None]
+            means.append(_fmt(float(np.mean(vals)), d) if vals else "-")
+        lines.append(f"| **mean** | **{variant}** | | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--variants", default="full,plain,none", help="full, plain (--no-dsfd --no-tssf), none (--prior none)")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--fit-args", default="", help="extra flags for every fit, e.g. '--steps 300'")
+    ap.add_argument("--work", default=str(REPO / "bench_quality"), help="workspaces and logs (kept for inspection)")
+    ap.add_argument("--json", default=None, help="write every figure here (default WORK/quality.json)")
+    args = ap.parse_args(argv)
+
+    work = Path(args.work).absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    cases = [c for c in args.cases.split(",") if c]
+    variants = [v for v in args.variants.split(",") if v]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    fit_args = args.fit_args.split()
+    results = []
+    for case in cases:
+        results.append({"case": case, "variant": "frozen GT", **frozen_reference(case)})
+    for case in cases:
+        for variant in variants:
+            if variant == "none" and case.endswith("_noisy"):
+                continue  # no prior views: identical to the clean case
+            for seed in seeds:
+                print(f"[quality] {case} {variant} seed {seed} ...", flush=True)
+                r = {"case": case, "variant": variant, "seed": seed,
+                     **fit_case(work, case, variant, seed, fit_args)}
+                print(f"[quality] {case} {variant} seed {seed}: " + ", ".join(
+                    f"{k} {_fmt(r.get(k))}" for k, _, _ in COLUMNS), flush=True)
+                results.append(r)
+                (Path(args.json) if args.json else work / "quality.json").write_text(json.dumps(results, indent=1))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
