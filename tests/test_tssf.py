@@ -64,3 +64,23 @@ def test_mean_fusion_is_visibility_weighted_mean():
     out = TSSF(3, "mean")(g, vis)
     torch.testing.assert_close(out[0, 0], torch.full((4,), 0.5))
     torch.testing.assert_close(out[0, 1], torch.full((4,), 1.0))
+
+
+def test_forward_combines_the_views_with_exactly_its_weights():
+    """forward() = sum_v weights()_v g_v (+ the input view's feature for da), with weights that are
+    far from uniform: a forward that ignored them (e.g. a plain mean) fails this."""
+    g = _views(disagree=3)
+    vis = torch.ones(5, 40)
+    vis[4, :10] = 0.3  # soft visibility
+    for mode in ("da", "ga", "mean"):
+        m = TSSF(5, mode)
+        if mode == "ga":
+            with torch.no_grad():
+                m.view_logits.copy_(torch.tensor([1.5, 0.0, -1.0, 0.5, -2.0]))
+        w = m.weights(g, vis)  # [B, V, N]
+        combined = (w.unsqueeze(-1) * g).sum(1)
+        expected = combined if mode != "da" else 0.5 * (g[:, 0] + combined)  # input view sees all points
+        torch.testing.assert_close(m(g, vis), expected)
+        if mode != "mean":
+            assert (w - w.mean(1, keepdim=True)).abs().max() > 0.05, mode
+            assert (m(g, vis) - mean_fusion(g, vis)).abs().max() > 0.05, mode

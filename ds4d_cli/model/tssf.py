@@ -37,9 +37,14 @@ def _vis4(vis: Tensor, g: Tensor) -> Tensor:
     return vis.expand(g.shape[0], -1, -1).unsqueeze(-1).to(g.dtype)
 
 
-def mean_fusion(g: Tensor, vis: Tensor, eps: float = 1e-6) -> Tensor:
-    v = _vis4(vis, g)
-    return (g * v).sum(1) / (v.sum(1) + eps)
+def mean_weights(v: Tensor, eps: float = 1e-6) -> Tensor:
+    """Visibility-weighted mean's weights vis_v / sum(vis) over dim 1 (all ~0 where hidden everywhere)."""
+    return v / (v.sum(1, keepdim=True) + eps)
+
+
+def mean_fusion(g: Tensor, vis: Tensor) -> Tensor:
+    """The ``mean`` fusion (the ``--no-tssf`` ablation): visibility-weighted mean over views."""
+    return (mean_weights(_vis4(vis, g)) * g).sum(1)
 
 
 def masked_softmax(logits: Tensor, vis: Tensor, dim: int = 1) -> Tensor:
@@ -76,24 +81,27 @@ class TSSF(nn.Module):
         self.view_logits = nn.Parameter(torch.zeros(num_views)) if mode == "ga" else None
         self.log_tau = nn.Parameter(torch.zeros(())) if mode == "da" else None
 
-    def weights(self, g: Tensor, vis: Tensor) -> Tensor:
-        """Per-view weights [B, V, N] (for inspection and tests)."""
+    def _weights(self, g: Tensor, vis: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(effective weights [B, V, N, 1] that multiply g, DA's anchor [B, N, C] or None).
+
+        Hidden views (soft visibility ~ 0) get ~0: for ``mean`` the weight is vis / sum(vis); for
+        ``ga``/``da`` the visibility-masked softmax, times the visibility once more (the feature of a
+        half-visible point counts half).
+        """
         v = _vis4(vis, g)
         if self.mode == "mean":
-            return (v / v.sum(1, keepdim=True).clamp_min(1e-6)).squeeze(-1)
+            return mean_weights(v), None
         if self.mode == "ga":
-            logits = self.view_logits.view(1, -1, 1, 1).expand_as(v)
-            return masked_softmax(logits, v).squeeze(-1)
-        w, _ = da_weights(g, vis, self.log_tau.exp())
-        return w.squeeze(-1)
+            return masked_softmax(self.view_logits.view(1, -1, 1, 1).expand_as(v), v) * v, None
+        w, anchor = da_weights(g, vis, self.log_tau.exp())
+        return w * v, anchor
+
+    def weights(self, g: Tensor, vis: Tensor) -> Tensor:
+        """Per-view weights [B, V, N] -- the very ones :meth:`forward` combines the views with."""
+        return self._weights(g, vis)[0].squeeze(-1)
 
     def forward(self, g: Tensor, vis: Tensor) -> Tensor:
-        if self.mode == "mean":
-            return mean_fusion(g, vis)
-        v = _vis4(vis, g)
-        if self.mode == "ga":
-            logits = self.view_logits.view(1, -1, 1, 1).expand_as(v)
-            w = masked_softmax(logits, v)
-            return (w * g * v).sum(1)
-        w, anchor = da_weights(g, vis, self.log_tau.exp())
-        return 0.5 * (anchor + (w * g * v).sum(1))
+        """sum_v w_v g_v, averaged with DA's anchor (the input view's feature) for ``da``."""
+        w, anchor = self._weights(g, vis)
+        fused = (w * g).sum(1)
+        return fused if anchor is None else 0.5 * (anchor + fused)
