@@ -45,6 +45,55 @@ class ConvEncoder(nn.Module):
         return self.net(_premultiply(rgba) * 2 - 1)
 
 
+class ImageFeatures(nn.Module):
+    """Fixed multi-scale colour/gradient features: no weights, computed once per clip.
+
+    Per pixel: premultiplied RGB and alpha at three blur scales (sigma 0, 1, 2 px of the
+    encoded image) and the horizontal/vertical gradients of luminance and alpha at the two
+    finer scales -- 4 + 4 + 4 + 8 = 20 channels at the encoder's input resolution (stride 1).
+
+    Why: a thin moving part (a blade, a wing) is a few pixels wide. The jointly-trained conv
+    encoder saw a 64 px copy at stride 4 (16x16 features), where such parts vanish, and had to be
+    re-encoded every step because it drifts. These features keep the full sampling resolution,
+    cost nothing per step, and make DSFD's dynamic part a plain "what changed here" signal.
+    """
+
+    trainable = False
+    SIGMAS = (1.0, 2.0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_dim = 20
+        for i, s in enumerate(self.SIGMAS):
+            r = int(3 * s)
+            x = torch.arange(-r, r + 1, dtype=torch.float32)
+            k = torch.exp(-0.5 * (x / s) ** 2)
+            self.register_buffer(f"blur{i}", (k / k.sum()).view(1, 1, 1, -1), persistent=False)
+
+    def _blur(self, x: Tensor, i: int) -> Tensor:
+        k = getattr(self, f"blur{i}")
+        c, r = x.shape[1], k.shape[-1] // 2
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.transpose(-1, -2).expand(c, 1, -1, 1), groups=c)
+
+    @staticmethod
+    def _grad(x: Tensor) -> Tensor:
+        """Central differences of luminance and alpha: [B, 4, H, W] (d/dx, d/dy of each)."""
+        lum = (x[:, :3] * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        y = torch.cat([lum, x[:, 3:4]], 1)
+        p = F.pad(y, (1, 1, 1, 1), mode="replicate")
+        gx = 0.5 * (p[:, :, 1:-1, 2:] - p[:, :, 1:-1, :-2])
+        gy = 0.5 * (p[:, :, 2:, 1:-1] - p[:, :, :-2, 1:-1])
+        return torch.cat([gx, gy], 1)
+
+    @torch.no_grad()
+    def forward(self, rgba: Tensor) -> Tensor:
+        x = _premultiply(rgba)
+        b1 = self._blur(x, 0)
+        b2 = self._blur(x, 1)
+        return torch.cat([x, b1, b2, self._grad(x), self._grad(b1)], 1)
+
+
 class DinoEncoder(nn.Module):
     """Frozen DINOv2 (any size) from a local folder; features = last hidden patch tokens."""
 
@@ -89,8 +138,16 @@ class DinoEncoder(nn.Module):
         return tokens.transpose(1, 2).reshape(rgb.shape[0], self.out_dim, side, side)
 
 
-def build_encoder(path: str | Path | None, out_dim: int = 16) -> nn.Module:
-    """The jointly-trained conv encoder, or DINOv2 from ``path`` (MissingWeightsError if absent)."""
-    if path is None or str(path) == "":
+ENCODERS = ("image", "conv")
+
+
+def build_encoder(path: str | Path | None, out_dim: int = 16, kind: str = "image") -> nn.Module:
+    """DINOv2 from ``path`` (MissingWeightsError if absent); else ``kind``: the fixed multi-scale
+    image features ("image") or the jointly-trained conv encoder ("conv")."""
+    if path is not None and str(path) != "":
+        return DinoEncoder(path)
+    if kind == "conv":
         return ConvEncoder(out_dim)
-    return DinoEncoder(path)
+    if kind == "image":
+        return ImageFeatures()
+    raise ValueError(f"unknown encoder {kind!r}; expected one of {ENCODERS}")

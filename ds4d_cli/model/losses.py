@@ -25,17 +25,23 @@ def image_losses(
     weights: Tensor,
     ssim_weight: float = 0.2,
     mask_weight: float = 1.0,
+    pixel_weights: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Weighted losses over C cameras.
 
     ``pred_rgb`` [C,H,W,3] is the render already composited over ``background`` (a [3] colour),
     ``pred_alpha`` [C,H,W,1], ``target_rgba`` [C,H,W,4] straight alpha, ``weights`` [C].
+    ``pixel_weights`` [C,H,W,1] (optional) scales the L1 and mask terms per pixel.
     Returns {"l1", "dssim", "mask", "total"} (scalars).
     """
     target = composite(target_rgba[..., :3], target_rgba[..., 3:], background)
     wsum = weights.sum().clamp_min(1e-8)
-    l1 = ((pred_rgb - target).abs().mean((1, 2, 3)) * weights).sum() / wsum
-    mask = ((pred_alpha - target_rgba[..., 3:]).abs().mean((1, 2, 3)) * weights).sum() / wsum
+    l1_px = (pred_rgb - target).abs()
+    mask_px = (pred_alpha - target_rgba[..., 3:]).abs()
+    if pixel_weights is not None:
+        l1_px, mask_px = l1_px * pixel_weights, mask_px * pixel_weights
+    l1 = (l1_px.mean((1, 2, 3)) * weights).sum() / wsum
+    mask = (mask_px.mean((1, 2, 3)) * weights).sum() / wsum
     if ssim_weight > 0:
         s = ssim(
             pred_rgb.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0,

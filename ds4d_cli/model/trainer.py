@@ -18,6 +18,7 @@ One step:
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -90,6 +91,7 @@ class TrainConfig:
     fusion: str = "da"  # "da" | "ga" | "mean" ("mean" = --no-tssf)
     feat_dim: int = 16
     encoder_path: Optional[str] = None
+    encoder: str = "conv"  # without encoder_path: "image" (fixed multi-scale features) or "conv" (joint)
     bound: float = 1.0
     sh_degree: int = 0
     hex_resolutions: tuple[int, ...] = (32, 64)
@@ -103,7 +105,20 @@ class TrainConfig:
     # 10-100 steps made R lag the encoder and cost 1-2 dB on the moving pixels (windmill).
     ref_refresh_every: int = 1
     encoder_size: int = 64  # input side of the joint conv encoder
+    image_feature_size: int = 128  # input side of the fixed image features (stride 1)
+    # DSFD steers the loss: pixels where the frame's dynamic part |D| is large (relative to the
+    # view's clip) weigh 1 + dynamic_weight in the RGB/mask losses, so the few moving pixels are
+    # not swamped by the static ones (and densification, driven by those gradients, follows).
+    dynamic_weight: float = 0.0
     net_lr_final: float = 0.1  # deformation learning rates decay exponentially to this fraction
+    # Temporal curriculum. Large motions (a blade turning 15 deg per frame) cannot be found by
+    # the photometric gradient from the canonical (middle) frame: measured on the windmill, the
+    # blades of far frames were lost (5 deg/frame learnt instead of 15). So: a static stage fits
+    # the canonical Gaussians to the middle frame alone, then the trained frames grow outward
+    # from the middle one frame at a time, each new frame's time row starting from the
+    # constant-velocity extrapolation of its neighbours'.
+    static_fraction: float = 0.0  # share of the steps on the middle frame only, no deformation
+    grow_fraction: float = 0.0  # share of the steps over which the window grows to the whole clip
     visibility_every: int = 100
     random_background: bool = True
     backend: str = "auto"
@@ -120,11 +135,37 @@ class StepStats:
     seconds: float = 0.0
 
 
+class StepTimer:
+    """Wall seconds per named part of the step, summed over steps (for the step profile).
+
+    Only wall-clock stamps between parts (no synchronisation): on the CPU every op has finished
+    when the next Python line runs, so the parts add up to the step.
+    """
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.steps = 0
+        self._t = time.perf_counter()
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.totals[name] = self.totals.get(name, 0.0) + now - self._t
+        self._t = now
+
+    def per_step_ms(self) -> dict[str, float]:
+        return {k: 1000 * v / max(1, self.steps) for k, v in self.totals.items()}
+
+
 def _psnr(a: Tensor, b: Tensor) -> float:
     return psnr_from_mse(float((a - b).pow(2).mean()))
 
 
 class Trainer:
+    _CACHES = ("_feat_cache", "_ref_step", "_vis", "_vis_step", "_dyn", "_dyn_step")
+
     def __init__(self, data: FitData, cfg: TrainConfig, device: str | torch.device = "cpu") -> None:
         self.cfg = cfg
         self.device = torch.device(device)
@@ -145,22 +186,24 @@ class Trainer:
         g = Gaussians.from_points(pts.means, pts.colors, sh_degree=cfg.sh_degree, scale=pts.spacing, opacity=0.5)
         self.gaussians = g.to(self.device)
 
-        self.encoder = build_encoder(cfg.encoder_path, cfg.feat_dim).to(self.device)
+        self.encoder = build_encoder(cfg.encoder_path, cfg.feat_dim, cfg.encoder).to(self.device)
         self._enc_images = self.data.images
-        if getattr(self.encoder, "trainable", False) and 0 < cfg.encoder_size < H:
+        trainable = getattr(self.encoder, "trainable", False)
+        enc_size = cfg.encoder_size if trainable else cfg.image_feature_size
+        if not hasattr(self.encoder, "model") and 0 < enc_size < H:  # DINOv2 resizes its own input
             # the joint encoder sees a fixed small copy (features are 1/4 of it, like a ViT's
             # patch grid): re-encoding the whole clip every step then stays cheap at any resolution
             x = self.data.images.reshape(T * V, H, W, 4).permute(0, 3, 1, 2)
             x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
-            x = F.interpolate(x, size=(cfg.encoder_size, cfg.encoder_size), mode="area")
+            x = F.interpolate(x, size=(enc_size, enc_size), mode="area")
             a = x[:, 3:].clamp(0, 1)
             x = torch.cat([x[:, :3] / a.clamp_min(1e-4) * (a > 1e-4), a], 1).clamp(0, 1)
-            self._enc_images = x.permute(0, 2, 3, 1).reshape(T, V, cfg.encoder_size, cfg.encoder_size, 4).contiguous()
+            self._enc_images = x.permute(0, 2, 3, 1).reshape(T, V, enc_size, enc_size, 4).contiguous()
         fdim = self.encoder.out_dim
         gdim = 2 * fdim if cfg.use_dsfd else fdim
         self.tssf = TSSF(V, cfg.fusion).to(self.device)
         self.deform = DeformationNet(
-            gdim, bound=cfg.bound, time_resolution=max(2, min(T, 25)), hex_resolutions=cfg.hex_resolutions,
+            gdim, bound=cfg.bound, time_resolution=max(2, T), hex_resolutions=cfg.hex_resolutions,
             width=cfg.mlp_width,
         ).to(self.device)
 
@@ -196,11 +239,18 @@ class Trainer:
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self.opacity_resets: list[int] = []
         self.pruned_outside = 0  # Gaussians removed by prune_outside_input so far
+        self.timer = StepTimer()
 
         self._feat_cache: Optional[Tensor] = None  # [T, V, C, h, w] feature bank (detached)
+        self._dyn: Optional[Tensor] = None  # DSFD dynamic map [V, H, W, 1]
+        self._dyn_step = -1
         self._ref_step = -1
         self._vis: Optional[Tensor] = None
         self._vis_step = -1
+        # frame k sits exactly on time row k of the HexPlane (rows = frames)
+        self._time_u = torch.arange(T, dtype=torch.float32, device=self.device) / max(1, T - 1)
+        self.mid = T // 2
+        self._window = self._target_window()  # half-width of the trained frames around the middle
 
     # ------------------------------------------------------------------ features
     def _encode(self, images: Tensor) -> Tensor:
@@ -229,6 +279,39 @@ class Trainer:
         # smoothly (a reference refreshed only every K steps jumps and destabilised the fit)
         self._feat_cache[frames] = f.detach()
         return f
+
+    @torch.no_grad()
+    def dynamic_map(self) -> Tensor:
+        """[V, H, W, 1] in [0, 1]: how dynamic each pixel of each view is over the clip (DSFD).
+
+        m = max_t |D_t| / (max_t |f_t| + eps): the largest share of the pixel's feature that is
+        orthogonal to the clip reference R at any frame. 0 where the pixel never changes,
+        near 1 where a moving part passes. Refreshed with the visibility for a trained encoder.
+        """
+        if self._dyn is not None and (not getattr(self.encoder, "trainable", False)
+                                      or self.step_count - self._dyn_step < self.cfg.visibility_every):
+            return self._dyn
+        bank = self._feat_cache if self._feat_cache is not None else self._all_features()
+        ref = dsfd_mod.reference_from_clip(bank, time_dim=0)  # [V, C, h, w]
+        dmax = torch.zeros_like(bank[0, :, 0])
+        fmax = torch.zeros_like(dmax)
+        for t in range(bank.shape[0]):
+            _, dyn = dsfd_mod.decouple(bank[t], ref, dim=1)
+            dmax = torch.maximum(dmax, dyn.norm(dim=1))
+            fmax = torch.maximum(fmax, bank[t].norm(dim=1))
+        eps = 0.05 * fmax.mean((1, 2), keepdim=True) + 1e-6
+        m = (dmax / (fmax + eps)).clamp(0, 1)[:, None]
+        m = F.interpolate(m, size=(self.H, self.W), mode="bilinear", align_corners=False)
+        self._dyn = m.permute(0, 2, 3, 1).contiguous()
+        self._dyn_step = self.step_count
+        return self._dyn
+
+    def _pixel_weights(self, frames: list[int]) -> Optional[Tensor]:
+        """[B*V, H, W, 1] loss weights 1 + dynamic_weight * (2 m).clamp(0, 1), or None."""
+        if not self.cfg.use_dsfd or self.cfg.dynamic_weight <= 0:
+            return None
+        w = 1.0 + self.cfg.dynamic_weight * (2.0 * self.dynamic_map()).clamp(0, 1)
+        return w.repeat(len(frames), 1, 1, 1)
 
     def _reference(self) -> Tensor:
         """Clip reference maps R [V, C, h, w] (DSFD) from the feature bank."""
@@ -262,29 +345,71 @@ class Trainer:
         means = self.gaussians.means.detach()
         uv, _ = project(means, self.data.viewmats, self.data.Ks)
         grid = to_grid(uv, self.W, self.H)
-        f = sample_maps(self._frame_features(frames), grid)  # [B, V, N, C] (updates the bank first)
+        maps = self._frame_features(frames)  # [B, V, C, h, w] (updates the bank first)
+        vis = self._visibility()
+        self.timer.lap("features: encode + visibility")
+        f = sample_maps(maps, grid)  # [B, V, N, C]
         if self.cfg.use_dsfd:
             ref = sample_maps(self._reference().unsqueeze(0), grid)[0]  # [V, N, C]
             f = dsfd_mod.dsfd(f, ref)
-        return self.tssf(f, self._visibility())
+        self.timer.lap("features: sample + DSFD")
+        fused = self.tssf(f, vis)
+        self.timer.lap("features: TSSF")
+        return fused
 
     def deformed(self, frames: list[int]):
         """Deformed Gaussians for ``frames``: (means, quats, log-scales), each [B, N, .], + offsets."""
         g = self.gaussians.params
         feat = self.fused_features(frames)
-        t = self.data.frame_times[frames]
-        return self.deform(g["means"], g["quats"], g["scales"], t, feat)
+        d = self.deform(g["means"], g["quats"], g["scales"], self._time_u[frames], feat)
+        self.timer.lap("deformation net")
+        return d
 
     # ------------------------------------------------------------------ step
+    @property
+    def in_static_stage(self) -> bool:
+        return self.step_count < int(self.cfg.static_fraction * self.cfg.steps)
+
+    def _target_window(self) -> int:
+        """Half-width of the curriculum's frame window at the current step (T = whole clip)."""
+        T = self.data.num_frames
+        start = int(self.cfg.static_fraction * self.cfg.steps)
+        grow = int(self.cfg.grow_fraction * self.cfg.steps)
+        if grow <= 0 or self.step_count >= start + grow:
+            return T
+        return 1 + int((T + 1) // 2 * max(0, self.step_count - start) / grow)
+
+    def _grow_window(self) -> None:
+        """Widen the window to the current target; new frames' time rows are extrapolated."""
+        target = self._target_window()
+        T = self.data.num_frames
+        while self._window < target:
+            self._window += 1
+            for row in (self.mid - self._window, self.mid + self._window):
+                if 0 <= row < T and self._window < T:
+                    self.deform.hexplane.extrapolate_time_row(row, towards=self.mid)
+
     def _pick_frames(self) -> list[int]:
         T = self.data.num_frames
-        if T == 1:
-            return [0]
-        t0 = self.rng.randrange(T - 1)
+        if T == 1 or self.in_static_stage:
+            return [self.mid]
+        self._grow_window()
+        lo, hi = max(0, self.mid - self._window), min(T - 1, self.mid + self._window)
+        if hi <= lo:
+            return [self.mid]
+        t0 = self.rng.randrange(lo, hi)
         frames = [t0, t0 + 1]
-        while len(frames) < min(self.cfg.batch_frames, T):
-            frames.append(self.rng.randrange(T))
+        while len(frames) < min(self.cfg.batch_frames, hi - lo + 1):
+            frames.append(self.rng.randrange(lo, hi + 1))
         return frames
+
+    def _canonical(self):
+        """The canonical Gaussians as a one-frame 'deformation' (static stage)."""
+        from .deformation import Deformed
+
+        g = self.gaussians.params
+        zero = torch.zeros_like(g["means"]).unsqueeze(0)
+        return Deformed(g["means"].unsqueeze(0), g["quats"].unsqueeze(0), g["scales"].unsqueeze(0), zero)
 
     def _update_lrs(self) -> None:
         """Exponential decay to 1% (means) / 10% (network) of the initial rate over the fit."""
@@ -309,17 +434,21 @@ class Trainer:
 
     def step(self) -> StepStats:
         t_start = time.perf_counter()
+        timer = self.timer
+        timer.start()
         cfg = self.cfg
         self._update_lrs()
         frames = self._pick_frames()
-        d = self.deformed(frames)
+        d = self._canonical() if self.in_static_stage else self.deformed(frames)
         V = self.data.num_views
         out = self.render_batch(d.means, d.quats, d.scales, self.data.viewmats, self.data.Ks)
+        timer.lap("render forward")
         bg = torch.rand(3, device=self.device) if cfg.random_background else torch.ones(3, device=self.device)
         pred = out.rgb + (1 - out.alpha) * bg
         target = self.data.images[frames].reshape(len(frames) * V, self.H, self.W, 4)
         weights = self.data.view_weights.repeat(len(frames))
-        losses = image_losses(pred, out.alpha, target, bg, weights, cfg.ssim_weight, cfg.mask_weight)
+        losses = image_losses(pred, out.alpha, target, bg, weights, cfg.ssim_weight, cfg.mask_weight,
+                              pixel_weights=self._pixel_weights(frames))
         loss = losses["total"]
         if len(frames) >= 2 and cfg.smooth_weight > 0:
             smooth = (d.d_means[0] - d.d_means[1]).pow(2).sum(-1).mean()
@@ -329,20 +458,24 @@ class Trainer:
             ps = self.deform.hexplane.smoothness()
             losses["plane"] = ps
             loss = loss + cfg.plane_smooth_weight * ps
+        timer.lap("losses")
 
         densify = cfg.densify and "means2d" in out.info
         if densify:
             self.strategy.step_pre_backward(self.gaussians.params, self.optimizers, self.strategy_state,
                                             self.step_count + 1, out.info)
         loss.backward()
+        timer.lap("backward (all)")
         n_before = self.gaussians.num_gaussians
         if densify:
             self._densify(out.info)
+        timer.lap("densify")
         for opt in self.optimizers.values():
             opt.step()
             opt.zero_grad(set_to_none=True)
         self.net_opt.step()
         self.net_opt.zero_grad(set_to_none=True)
+        timer.lap("optimisers")
         self.step_count += 1
         self._maybe_reset_opacity()
         if cfg.prune_outside_input and (self.step_count % max(1, cfg.densify_every) == 0
@@ -350,11 +483,14 @@ class Trainer:
             self.prune_outside_input()
         if self.gaussians.num_gaussians != n_before:
             self._vis = None
+        timer.lap("prune")
 
         with torch.no_grad():
             inp = [i * V for i in range(len(frames))]
             ref = target[inp]
             p = _psnr(pred[inp].clamp(0, 1), composite(ref[..., :3], ref[..., 3:], bg))
+        timer.lap("stats")
+        timer.steps += 1
         return StepStats(self.step_count, float(loss.detach()), p, self.gaussians.num_gaussians,
                          {k: float(v.detach()) for k, v in losses.items()}, time.perf_counter() - t_start)
 
@@ -450,6 +586,11 @@ class Trainer:
             "strategy_state": {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in self.strategy_state.items()},
             "opacity_resets": list(self.opacity_resets),
             "pruned_outside": self.pruned_outside,
+            "window": self._window,
+            # the derived caches as they are: a resumed fit must render and continue exactly like
+            # the uninterrupted one (they lag the parameters by up to their refresh interval)
+            "caches": {k: (getattr(self, k).cpu() if isinstance(getattr(self, k), Tensor) else getattr(self, k))
+                       for k in self._CACHES},
             "rng_python": self.rng.getstate(),
             "rng_torch": torch.get_rng_state(),
             "config": asdict(self.cfg),
@@ -457,6 +598,9 @@ class Trainer:
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
+        # a deep copy: torch's optimisers (and our caches) would otherwise keep the very tensors of
+        # ``sd``, and a trainer loaded from another's live state_dict would train in step with it
+        sd = copy.deepcopy(sd)
         params = {k: nn.Parameter(v.to(self.device)) for k, v in sd["gaussians"].items()}
         self.gaussians.params = nn.ParameterDict(params)
         for k, opt in self.optimizers.items():
@@ -472,9 +616,10 @@ class Trainer:
                                for k, v in sd["strategy_state"].items()}
         self.opacity_resets = list(sd.get("opacity_resets", []))
         self.pruned_outside = int(sd.get("pruned_outside", 0))
+        self._window = int(sd.get("window", self._window))
+        for k, v in sd.get("caches", {}).items():
+            setattr(self, k, v.to(self.device) if isinstance(v, Tensor) else v)
         self.rng.setstate(sd["rng_python"])
         torch.set_rng_state(sd["rng_torch"])
         self.step_count = int(sd["step"])
         self.init_method = sd.get("init_method", self.init_method)
-        self._vis = None
-        self._feat_cache = None
