@@ -89,7 +89,7 @@ class TrainConfig:
     use_dsfd: bool = True
     fusion: str = "da"  # "da" | "ga" | "mean" ("mean" = --no-tssf)
     feat_dim: int = 16
-    encoder_path: Optional[str] = None
+    encoder_path: Optional[str] = None  # where the caller loaded ``backbone`` from (recorded only)
     bound: float = 1.0
     sh_degree: int = 0
     hex_resolutions: tuple[int, ...] = (32, 64)
@@ -125,7 +125,9 @@ def _psnr(a: Tensor, b: Tensor) -> float:
 
 
 class Trainer:
-    def __init__(self, data: FitData, cfg: TrainConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, data: FitData, cfg: TrainConfig, device: str | torch.device = "cpu",
+                 backbone: Optional[nn.Module] = None) -> None:
+        """``backbone``: a loaded pretrained encoder (DINOv2) to use frozen; None trains a small conv one."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.data = FitData(*(x.to(self.device) if isinstance(x, Tensor) else x for x in (
@@ -145,7 +147,7 @@ class Trainer:
         g = Gaussians.from_points(pts.means, pts.colors, sh_degree=cfg.sh_degree, scale=pts.spacing, opacity=0.5)
         self.gaussians = g.to(self.device)
 
-        self.encoder = build_encoder(cfg.encoder_path, cfg.feat_dim).to(self.device)
+        self.encoder = build_encoder(backbone, cfg.feat_dim).to(self.device)
         self._enc_images = self.data.images
         if getattr(self.encoder, "trainable", False) and 0 < cfg.encoder_size < H:
             # the joint encoder sees a fixed small copy (features are 1/4 of it, like a ViT's
