@@ -8,10 +8,13 @@ goes through the current reporter like everything else).
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 
 from ds4d_cli.report import info, warn
 
-console = Console(stderr=True, highlight=False)
+#: In a log (stderr not a terminal) tables get 160 columns instead of rich's 80, so rows stay whole.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 __all__ = ["console", "info", "warn"]
