@@ -326,6 +326,7 @@ def run_stage(
             if clear:  # a failed stage leaves nothing behind that could be mistaken for output
                 shutil.rmtree(out_dir, ignore_errors=True)
             raise
+        summary = _jsonable(summary)  # as a cached rerun will read it back (tuples as lists, ...)
         ws.write_manifest(name, options, inputs, version, summary)
         return _done(StageResult(name, False, summary, out_dir))
 

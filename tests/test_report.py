@@ -1,18 +1,14 @@
 """The reporter: stages emit events, renderers show them (plain lines in a log, rich on a terminal),
-a worker process can forward them, and stage modules never print themselves."""
+and a worker process can forward them."""
 
 from __future__ import annotations
 
-import ast
 import io
 import multiprocessing
 import re
-from pathlib import Path
 
 from ds4d_cli import report
 from ds4d_cli.terminal import LogRenderer, RichRenderer, make_renderer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class FakeClock:
@@ -123,25 +119,3 @@ def test_make_renderer_picks_by_terminal() -> None:
 
     assert isinstance(make_renderer(stream=io.StringIO()), LogRenderer)
     assert isinstance(make_renderer(stream=Tty()), RichRenderer)
-
-
-def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_stages_and_the_cache_layer_do_not_print() -> None:
-    """Stages report through ds4d_cli.report; only the CLI layer knows the console and rich."""
-    files = sorted((REPO / "ds4d_cli" / "stages").glob("*.py")) + [REPO / "ds4d_cli" / "workspace.py"]
-    files += [REPO / "ds4d_cli" / name for name in ("pipeline.py", "checkpoints.py", "fitted.py", "report.py")]
-    for path in files:
-        bad = {m for m in _imported_modules(path)
-               if m.split(".")[0] == "rich" or m in ("ds4d_cli.console", "ds4d_cli.progress", "ds4d_cli.terminal")}
-        assert not bad, f"{path.name} imports {bad}"
-        assert "print(" not in path.read_text(), path.name
