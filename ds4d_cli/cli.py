@@ -1,12 +1,15 @@
-"""The `ds4d` command line: parses options, calls a stage function, prints the result.
+"""The `ds4d` command line: parses options, calls a stage function, renders what it reports.
 
 Nothing here computes anything: every command builds a stage's options dataclass and calls
-``ds4d_cli.stages.<stage>.run(workspace, options)``. Heavy modules (torch, rembg, diffusers)
-are imported inside the commands so that ``ds4d --help`` stays instant.
+``ds4d_cli.stages.<stage>.run(workspace, options)``. What stages report (messages, progress,
+results: :mod:`ds4d_cli.report`) is rendered by :mod:`ds4d_cli.terminal`; tables are built in
+:mod:`ds4d_cli.tables`. Heavy modules (torch, rembg, diffusers) are imported inside the commands
+so that ``ds4d --help`` stays instant.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import traceback
 from dataclasses import dataclass
@@ -16,30 +19,84 @@ from typing import Any, Optional
 
 import typer
 from typer._click import exceptions as cli_exceptions  # typer vendors click
+from typer.core import TyperGroup
 
-from ds4d_cli import __version__
-from ds4d_cli.console import console, set_quiet
+from ds4d_cli import __version__, report
+from ds4d_cli.console import console
 from ds4d_cli.errors import Ds4dError
+
+#: Options of the whole program that every command also accepts after its name.
+COMMON_OPTIONS = ("workspace", "debug", "quiet")
+
+
+@dataclass
+class _State:
+    """The common options: set before the command by the group, after it by the command."""
+
+    workspace: Optional[Path] = None
+    debug: bool = False
+    quiet: bool = False
+
+
+def _set_common(ctx: Any, param: Any, value: Any) -> Any:
+    """Callback of a common option given after the command: it wins over the one before."""
+    if value not in (None, False):
+        setattr(ctx.ensure_object(_State), param.name, value)
+    return value
+
+
+class _CliReporter(report.Reporter):
+    """Renders events for a person; built at the first event, once every option is parsed."""
+
+    def __init__(self, state: _State) -> None:
+        self._state = state
+        self._renderer: Optional[report.Reporter] = None
+
+    def emit(self, event: report.Event) -> None:
+        if self._renderer is None:
+            from ds4d_cli.terminal import make_renderer
+
+            self._renderer = make_renderer(self._state.quiet)
+        self._renderer.emit(event)
+
+
+class _Group(TyperGroup):
+    """Gives every command the common options (so `ds4d fit -w WS` works like `ds4d -w WS fit`)
+    and renders what its stages report."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and not getattr(cmd, "_ds4d_common", False):
+            for param in self.params:
+                if param.name in COMMON_OPTIONS:
+                    after = copy.copy(param)
+                    after.expose_value, after.envvar, after.callback = False, None, _set_common
+                    after.default = False if param.is_flag else None
+                    cmd.params.append(after)
+            cmd._ds4d_common = True
+        return cmd
+
+    def invoke(self, ctx: Any) -> Any:
+        with report.using(_CliReporter(ctx.ensure_object(_State))):
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
     name="ds4d",
+    cls=_Group,
     help=(
         "Turn a short video of one moving object into a 4D asset (dynamic 3D Gaussians, DS4D).\n\n"
         "Typical use: `ds4d preprocess clip.mp4`, `ds4d generate`, `ds4d fit --steps 5000`, "
         "`ds4d export --format ply` — or all at once: `ds4d run clip.mp4`. "
-        "Every stage caches its results in the workspace and is skipped when nothing changed."
+        "Every stage caches its results in the workspace and is skipped when nothing changed; "
+        "a missing `generate` runs by itself (with `--prior auto`) before `fit`. "
+        "`-w`, `--debug` and `--quiet` go before or after the command."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-
-
-@dataclass
-class _State:
-    workspace: Optional[Path]
-    debug: bool
 
 
 def _version_callback(value: bool) -> None:
@@ -65,30 +122,18 @@ def _global_options(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    set_quiet(quiet)
-    ctx.obj = _State(workspace=workspace, debug=debug)
+    state = ctx.ensure_object(_State)
+    state.workspace, state.debug, state.quiet = workspace, debug, quiet
 
 
 def _ws_path(ctx: typer.Context) -> Optional[Path]:
-    return ctx.obj.workspace if ctx.obj else None
+    return ctx.ensure_object(_State).workspace
 
 
 def _open_ws(ctx: typer.Context) -> Any:
     from ds4d_cli.workspace import Workspace
 
     return Workspace.open(_ws_path(ctx))
-
-
-def _report(result: Any) -> None:
-    """One line per stage: cached or done, and where its artifacts are."""
-    state = "[green]cached[/green]" if result.cached else "[green]done[/green]"
-    figures = {k: v for k, v in (result.summary or {}).items() if isinstance(v, (int, float, str)) and len(str(v)) < 60}
-    shown = "  ".join(f"{k}={_fmt(v)}" for k, v in list(figures.items())[:6])
-    console.print(f"{result.name}: {state}  {shown}  [dim]{result.dir}[/dim]", soft_wrap=True)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _split_list(text: Optional[str]) -> Optional[list[str]]:
@@ -127,92 +172,30 @@ class ExportFormat(str, Enum):
     grid = "grid"
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    dense = "dense"
+
+
+# Each option is declared once here and shared by its stage command and `ds4d run`. Defaults
+# restate the stage's options dataclass (the one source of defaults); tests/test_options.py
+# fails when one drifts, and `ds4d run` passes only the options it exposes, by keyword.
 _FORCE = typer.Option(False, "--force", help="Run again even if the cached result is still valid.")
 
+# preprocess (PreprocessOptions)
+_SOURCE = typer.Argument(..., help="A video (mp4, mov, webm, gif...), a folder of images, or RGBA frames.")
+_FRAMES = typer.Option(32, "--frames", "-n", help="Frames to sample evenly (fewer if the clip is shorter).")
+_SIZE = typer.Option(256, "--size", help="Side of the square object-centred output frames, in pixels.")
+_SEGMENTER = typer.Option(
+    Segmenter.u2netp, "--segmenter", help="rembg model (u2netp works offline) or static-bg for a fixed camera."
+)
+_PLATE = typer.Option(
+    None, "--background-plate", help="static-bg only: an image of the empty scene (else a temporal median)."
+)
 
-def _preprocess_options(
-    source: Path,
-    frames: int,
-    size: int,
-    start: Optional[float],
-    end: Optional[float],
-    segmenter: Segmenter,
-    background_plate: Optional[Path],
-    margin: float,
-    fps: Optional[float] = None,
-) -> Any:
-    from ds4d_cli.stages.preprocess import PreprocessOptions
-
-    return PreprocessOptions(
-        source=str(source),
-        frames=frames,
-        size=size,
-        start=start,
-        end=end,
-        segmenter=segmenter.value,
-        background=str(background_plate) if background_plate else None,
-        margin=margin,
-        fps=fps,
-    )
-
-
-@app.command()
-def preprocess(
-    ctx: typer.Context,
-    source: Path = typer.Argument(..., help="A video (mp4, mov, webm, gif...), a folder of images, or RGBA frames."),
-    frames: int = typer.Option(32, "--frames", "-n", help="Frames to sample evenly (fewer if the clip is shorter)."),
-    size: int = typer.Option(256, "--size", help="Side of the square object-centred output frames, in pixels."),
-    start: Optional[float] = typer.Option(None, "--start", help="Start time in seconds."),
-    end: Optional[float] = typer.Option(None, "--end", help="End time in seconds."),
-    segmenter: Segmenter = typer.Option(
-        Segmenter.u2netp, "--segmenter", help="rembg model (u2netp works offline) or static-bg for a fixed camera."
-    ),
-    background_plate: Optional[Path] = typer.Option(
-        None, "--background-plate", help="static-bg only: an image of the empty scene (else a temporal median)."
-    ),
-    margin: float = typer.Option(0.1, "--margin", help="Extra border around the object, as a fraction of its size."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of an image folder (videos carry their own; default 12)."),
-    force: bool = typer.Option(False, "--force", help="Rerun; also allows replacing another clip in the workspace."),
-) -> None:
-    """Segment the object in every frame and crop one object-centred square for the whole clip."""
-    from ds4d_cli.stages import preprocess as stage
-
-    opts = _preprocess_options(source, frames, size, start, end, segmenter, background_plate, margin, fps)
-    _report(stage.run(_ws_path(ctx), opts, force=force))
-
-
-def _generate_options(
-    prior: Prior,
-    prior_dir: Optional[Path],
-    model: Optional[str],
-    variant: str,
-    views: Optional[str],
-    steps: Optional[int],
-    guidance: Optional[float],
-    seed: int,
-    device: Device,
-    anchor: bool,
-) -> Any:
-    from ds4d_cli.stages.generate import GenerateOptions
-
-    if prior is Prior.import_ and prior_dir is None:
-        raise Ds4dError("--prior import needs a folder", hint="write it after the prior: `--prior import DIR`")
-    if prior_dir is not None and prior is Prior.auto:
-        prior = Prior.import_
-    return GenerateOptions(
-        prior=prior.value,
-        import_dir=str(prior_dir.absolute()) if prior_dir else None,
-        model=model,
-        variant=variant,
-        views=_split_list(views),
-        steps=steps,
-        guidance=guidance,
-        seed=seed,
-        device=device.value,
-        anchor=anchor,
-    )
-
-
+# generate (GenerateOptions)
 _PRIOR_DIR = typer.Argument(None, help="With `--prior import`: the folder of multi-view frames (see README).")
 _PRIOR = typer.Option(
     Prior.auto,
@@ -225,6 +208,66 @@ _VIEWS = typer.Option(
 )
 _DEVICE = typer.Option(Device.auto, "--device", help="auto uses CUDA when available.")
 
+# fit (FitOptions; the numbers quoted for CPU/CUDA are fit.DEVICE_DEFAULTS)
+_STEPS = typer.Option(None, "--steps", help="Optimisation steps (default 1000 on CPU, 5000 on CUDA).")
+_RES = typer.Option(None, "--resolution", help="Training resolution in pixels (default 128 on CPU, 256 on CUDA).")
+_NO_DSFD = typer.Option(False, "--no-dsfd", help="Ablation: feed the frame feature straight to the head.")
+_NO_TSSF = typer.Option(False, "--no-tssf", help="Ablation: plain mean over views instead of similarity fusion.")
+
+
+def _preprocess_options(source: Path, segmenter: Segmenter, background_plate: Optional[Path], **given: Any) -> Any:
+    from ds4d_cli.stages.preprocess import PreprocessOptions
+
+    return PreprocessOptions(source=str(source), segmenter=segmenter.value,
+                             background=str(background_plate) if background_plate else None, **given)
+
+
+def _generate_options(prior: Prior, prior_dir: Optional[Path], views: Optional[str], device: Device, **given: Any) -> Any:
+    from ds4d_cli.stages.generate import GenerateOptions
+
+    if prior is Prior.import_ and prior_dir is None:
+        raise Ds4dError("--prior import needs a folder", hint="write it after the prior: `--prior import DIR`")
+    if prior_dir is not None and prior is Prior.auto:
+        prior = Prior.import_
+    return GenerateOptions(prior=prior.value, import_dir=str(prior_dir.absolute()) if prior_dir else None,
+                           views=_split_list(views), device=device.value, **given)
+
+
+def _fit_options(device: Device, **given: Any) -> Any:
+    from ds4d_cli.stages.fit import FitOptions, resolve_options
+
+    opts = FitOptions(device=device.value, **given)
+    resolve_options(opts)  # bad options fail here, before any upstream stage runs for them
+    return opts
+
+
+def _export_options(fmt: ExportFormat, **given: Any) -> Any:
+    from ds4d_cli.stages.export import ExportOptions
+
+    return ExportOptions(format=fmt.value, **given)
+
+
+@app.command()
+def preprocess(
+    ctx: typer.Context,
+    source: Path = _SOURCE,
+    frames: int = _FRAMES,
+    size: int = _SIZE,
+    start: Optional[float] = typer.Option(None, "--start", help="Start time in seconds."),
+    end: Optional[float] = typer.Option(None, "--end", help="End time in seconds."),
+    segmenter: Segmenter = _SEGMENTER,
+    background_plate: Optional[Path] = _PLATE,
+    margin: float = typer.Option(0.1, "--margin", help="Extra border around the object, as a fraction of its size."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of an image folder (videos carry their own; default 12)."),
+    force: bool = typer.Option(False, "--force", help="Rerun; also allows replacing another clip in the workspace."),
+) -> None:
+    """Segment the object in every frame and crop one object-centred square for the whole clip."""
+    from ds4d_cli.stages import preprocess as stage
+
+    opts = _preprocess_options(source, segmenter, background_plate, frames=frames, size=size, start=start, end=end,
+                               margin=margin, fps=fps)
+    stage.run(_ws_path(ctx), opts, force=force)
+
 
 @app.command()
 def generate(
@@ -235,64 +278,22 @@ def generate(
     variant: str = typer.Option("v1.1", "--variant", help="zero123pp: v1.1 (elevations +30/-20) or v1.2 (+20/-10)."),
     views: Optional[str] = _VIEWS,
     steps: Optional[int] = typer.Option(None, "--steps", help="zero123pp: denoising steps (default 75 / 28 on v1.2)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="zero123pp: classifier-free guidance scale."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="zero123pp: classifier-free guidance scale (default 4.0)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed, shared by all frames so views do not flicker."),
     device: Device = _DEVICE,
     anchor: bool = typer.Option(True, "--anchor/--no-anchor", help="zero123pp: condition every frame on frame 0's views."),
     force: bool = _FORCE,
 ) -> None:
     """Make V views of every frame at known cameras: the multi-view prior that `fit` learns from."""
+    from ds4d_cli.pipeline import ensure_upstream
+
     ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import generate as stage
 
-    opts = _generate_options(prior, prior_dir, model, variant, views, steps, guidance, seed, device, anchor)
-    _report(stage.run(ws, opts, force=force))
-
-
-def _fit_options(
-    steps: Optional[int],
-    device: Device,
-    resolution: Optional[int],
-    no_dsfd: bool,
-    no_tssf: bool,
-    fusion: str,
-    encoder: Optional[Path],
-    checkpoint_every: int,
-    seed: int,
-    restart: bool,
-    **tuning: Any,
-) -> Any:
-    from ds4d_cli.stages.fit import FitOptions
-
-    return FitOptions(
-        steps=steps,
-        device=device.value,
-        resolution=resolution,
-        no_dsfd=no_dsfd,
-        no_tssf=no_tssf,
-        fusion=fusion,
-        encoder=str(encoder) if encoder else None,
-        checkpoint_every=checkpoint_every,
-        seed=seed,
-        restart=restart,
-        **tuning,
-    )
-
-
-_STEPS = typer.Option(None, "--steps", help="Optimisation steps (default: a few minutes' worth on CPU).")
-_RES = typer.Option(None, "--resolution", help="Training resolution in pixels (default 128 on CPU, 256 on CUDA).")
-_NO_DSFD = typer.Option(False, "--no-dsfd", help="Ablation: feed the frame feature straight to the head.")
-_NO_TSSF = typer.Option(False, "--no-tssf", help="Ablation: plain mean over views instead of similarity fusion.")
-_FUSION = typer.Option("da", "--fusion", help="TSSF variant: da (distance-aware, default), ga (learned), mean.")
-_ENCODER = typer.Option(None, "--encoder", help="Local folder of a DINOv2 model; default: a small jointly-trained CNN.")
-_CKPT = typer.Option(100, "--checkpoint-every", help="Save a resumable checkpoint every N steps.")
-
-
-class Backend(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    dense = "dense"
+    opts = _generate_options(prior, prior_dir, views, device, model=model, variant=variant, steps=steps,
+                             guidance=guidance, seed=seed, anchor=anchor)
+    ensure_upstream(ws, "generate")
+    stage.run(ws, opts, force=force)
 
 
 @app.command()
@@ -303,15 +304,17 @@ def fit(
     resolution: Optional[int] = _RES,
     no_dsfd: bool = _NO_DSFD,
     no_tssf: bool = _NO_TSSF,
-    fusion: str = _FUSION,
-    encoder: Optional[Path] = _ENCODER,
-    checkpoint_every: int = _CKPT,
+    fusion: str = typer.Option("da", "--fusion", help="TSSF variant: da (distance-aware, default), ga (learned), mean."),
+    encoder: Optional[Path] = typer.Option(
+        None, "--encoder", help="Local folder of a DINOv2 model; default: a small jointly-trained CNN."
+    ),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     restart: bool = typer.Option(False, "--restart", help="Ignore checkpoints and start the fit over."),
     batch_frames: Optional[int] = typer.Option(None, "--batch-frames", help="Frames per step (default 2 on CPU, 4 on CUDA)."),
     lr: float = typer.Option(1.0, "--lr", help="Multiplier on every learning rate."),
-    num_gaussians: Optional[int] = typer.Option(None, "--num-gaussians", help="Initial Gaussians (default 2000 CPU, 20000 CUDA)."),
-    max_gaussians: Optional[int] = typer.Option(None, "--max-gaussians", help="Densification cap (default 5000 CPU, 200000 CUDA)."),
+    num_gaussians: Optional[int] = typer.Option(None, "--num-gaussians", help="Initial Gaussians (default 2000 on CPU, 20000 on CUDA)."),
+    max_gaussians: Optional[int] = typer.Option(None, "--max-gaussians", help="Densification cap (default 5000 on CPU, 200000 on CUDA)."),
     input_weight: float = typer.Option(1.0, "--input-weight", help="Loss weight of the input (reference) view."),
     view_weight: float = typer.Option(0.5, "--view-weight", help="Loss weight of each generated view (less reliable)."),
     ssim_weight: float = typer.Option(0.2, "--ssim-weight", help="Share of D-SSIM in the image loss."),
@@ -319,41 +322,33 @@ def fit(
     smooth_weight: float = typer.Option(0.1, "--smooth-weight", help="Temporal smoothness of the deformation."),
     densify: bool = typer.Option(True, "--densify/--no-densify", help="Split, clone and prune Gaussians (gsplat strategy)."),
     densify_every: int = typer.Option(100, "--densify-every", help="Steps between densification rounds."),
-    opacity_reset_every: Optional[int] = typer.Option(None, "--opacity-reset-every", help="0 = never (default on CPU; 3000 on CUDA)."),
+    opacity_reset_every: Optional[int] = typer.Option(
+        None, "--opacity-reset-every", help="Steps between opacity resets; 0 = never (default 0 on CPU, 3000 on CUDA)."
+    ),
     preview_every: int = typer.Option(250, "--preview-every", help="Write preview images every N steps."),
     log_every: int = typer.Option(10, "--log-every", help="Append to fit/log.jsonl every N steps."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help="Rasterizer: auto, cpu, cuda or dense (slow reference)."),
     force: bool = _FORCE,
 ) -> None:
-    """Fit dynamic 3D Gaussians (DSFD + TSSF deformation); resumes from its last checkpoint."""
+    """Fit dynamic 3D Gaussians (DSFD + TSSF deformation); resumes from its last checkpoint.
+
+    A missing `generate` runs first with its defaults (`--prior auto`)."""
+    from ds4d_cli.pipeline import ensure_upstream
+
     ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import fit as stage
 
     opts = _fit_options(
-        steps, device, resolution, no_dsfd, no_tssf, fusion, encoder, checkpoint_every, seed, restart,
+        device, steps=steps, resolution=resolution, no_dsfd=no_dsfd, no_tssf=no_tssf, fusion=fusion,
+        encoder=str(encoder) if encoder else None, checkpoint_every=checkpoint_every, seed=seed, restart=restart,
         batch_frames=batch_frames, lr=lr, num_gaussians=num_gaussians, max_gaussians=max_gaussians,
         input_weight=input_weight, view_weight=view_weight, ssim_weight=ssim_weight, mask_weight=mask_weight,
         smooth_weight=smooth_weight, densify=densify, densify_every=densify_every,
         opacity_reset_every=opacity_reset_every, preview_every=preview_every, log_every=log_every,
         backend=backend.value,
     )
-    _report(stage.run(ws, opts, force=force or restart))
-
-
-def _export_options(
-    fmt: ExportFormat, frames: Optional[str], orbits: float, elevation: float, fps: Optional[float], size: int, background: str
-) -> Any:
-    from ds4d_cli.stages.export import ExportOptions
-
-    return ExportOptions(
-        format=fmt.value,
-        frames=frames,
-        orbits=orbits,
-        elevation=elevation,
-        fps=fps,
-        size=size,
-        background=background,
-    )
+    ensure_upstream(ws, "fit")
+    stage.run(ws, opts, force=force or restart)
 
 
 @app.command()
@@ -370,11 +365,15 @@ def export(
     force: bool = _FORCE,
 ) -> None:
     """Write the fitted 4D asset: per-frame PLYs for splat viewers, a turntable MP4 or a comparison grid."""
+    from ds4d_cli.pipeline import ensure_upstream
+
     ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import export as stage
 
-    opts = _export_options(fmt, frames, orbits, elevation, fps, size, background)
-    _report(stage.run(ws, opts, force=force))
+    opts = _export_options(fmt, frames=frames, orbits=orbits, elevation=elevation, fps=fps, size=size,
+                           background=background)
+    ensure_upstream(ws, f"export/{opts.format}")
+    stage.run(ws, opts, force=force)
 
 
 @app.command("eval")
@@ -396,20 +395,22 @@ def evaluate(
 
         typer.echo(json.dumps(results, indent=2))
     else:
-        stage.print_table(results)
+        from ds4d_cli.tables import eval_table
+
+        console.print(eval_table(results))
 
 
 @app.command()
 def run(
     ctx: typer.Context,
-    source: Path = typer.Argument(..., help="The clip (video, image folder or RGBA frames)."),
+    source: Path = _SOURCE,
     prior_dir: Optional[Path] = _PRIOR_DIR,
     prior: Prior = _PRIOR,
     views: Optional[str] = _VIEWS,
-    frames: int = typer.Option(32, "--frames", "-n", help="Frames to sample from the clip."),
-    size: int = typer.Option(256, "--size", help="Side of the preprocessed frames."),
-    segmenter: Segmenter = typer.Option(Segmenter.u2netp, "--segmenter", help="Segmentation model."),
-    background_plate: Optional[Path] = typer.Option(None, "--background-plate", help="static-bg: empty-scene image."),
+    frames: int = _FRAMES,
+    size: int = _SIZE,
+    segmenter: Segmenter = _SEGMENTER,
+    background_plate: Optional[Path] = _PLATE,
     steps: Optional[int] = _STEPS,
     device: Device = _DEVICE,
     resolution: Optional[int] = _RES,
@@ -418,7 +419,9 @@ def run(
     formats: str = typer.Option("ply,mp4", "--formats", help="Exports to write, comma-separated (ply, mp4, grid)."),
     force: bool = _FORCE,
 ) -> None:
-    """Run preprocess, generate, fit and export in order; each is skipped when its cache is valid."""
+    """Run preprocess, generate, fit and export in order; each is skipped when its cache is valid.
+
+    Every option not listed here takes its stage's default."""
     from ds4d_cli.stages import export as export_stage
     from ds4d_cli.stages import fit as fit_stage
     from ds4d_cli.stages import generate as generate_stage
@@ -429,18 +432,14 @@ def run(
     bad = [f for f in formats_list if f not in {e.value for e in ExportFormat}]
     if bad:
         raise Ds4dError(f"unknown export format {bad[0]!r}", hint="use --formats with ply, mp4 and/or grid")
-    pre = _preprocess_options(source, frames, size, None, None, segmenter, background_plate, 0.1)
-    _report(preprocess_stage.run(_ws_path(ctx), pre, force=force))
+    fit_opts = _fit_options(device, steps=steps, resolution=resolution, no_dsfd=no_dsfd, no_tssf=no_tssf)
+    gen = _generate_options(prior, prior_dir, views, device)
+    pre = _preprocess_options(source, segmenter, background_plate, frames=frames, size=size)
+    preprocess_stage.run(_ws_path(ctx), pre, force=force)
     ws = Workspace.open(_ws_path(ctx))
-    gen = _generate_options(prior, prior_dir, None, "v1.1", views, None, None, 0, device, True)
-    _report(generate_stage.run(ws, gen, force=force))
-    fit_opts = _fit_options(steps, device, resolution, no_dsfd, no_tssf, "da", None, 100, 0, False)
-    _report(fit_stage.run(ws, fit_opts, force=force))
-    outputs = []
-    for fmt in formats_list:
-        result = export_stage.run(ws, _export_options(ExportFormat(fmt), None, 1.0, 15.0, None, 256, "white"), force=force)
-        _report(result)
-        outputs.append(result)
+    generate_stage.run(ws, gen, force=force)
+    fit_stage.run(ws, fit_opts, force=force)
+    outputs = [export_stage.run(ws, _export_options(ExportFormat(fmt)), force=force) for fmt in formats_list]
     console.print("[bold]outputs:[/bold]")
     for result in outputs:
         for path in result.summary.get("outputs", [str(result.dir)]):
@@ -450,28 +449,9 @@ def run(
 @app.command()
 def status(ctx: typer.Context) -> None:
     """Show every stage of the workspace: done, stale (and why) or missing."""
-    from rich.table import Table
+    from ds4d_cli.tables import status_table
 
-    from ds4d_cli.workspace import STAGES
-
-    ws = _open_ws(ctx)
-    record = ws.source_record() or {}
-    table = Table(title=f"workspace {ws.root}", caption=f"source: {record.get('source', '?')}")
-    for column in ("stage", "state", "reason", "options", "finished"):
-        table.add_column(column)
-    colours = {"done": "green", "stale": "yellow", "missing": "red"}
-    for stage in STAGES:
-        st = ws.status(stage)
-        manifest = st.manifest or {}
-        options = ", ".join(f"{k}={v}" for k, v in (manifest.get("options") or {}).items() if v not in (None, False))
-        table.add_row(
-            stage,
-            f"[{colours[st.state]}]{st.state}[/{colours[st.state]}]",
-            st.reason,
-            options[:80],
-            manifest.get("created", ""),
-        )
-    console.print(table)
+    console.print(status_table(_open_ws(ctx)))
 
 
 @app.command()

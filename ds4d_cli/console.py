@@ -1,27 +1,20 @@
-"""The one rich console every stage prints through (stderr, so stdout stays for data like --json)."""
+"""The CLI's rich console (stderr, so stdout stays for data like ``--json``).
+
+Only the CLI layer prints through it (tables, the rich renderer of :mod:`ds4d_cli.terminal`).
+Stages and library code report through :mod:`ds4d_cli.report`; ``info`` and ``warn`` are
+re-exported here so that code still calling ``console.info``/``console.warn`` keeps working (it
+goes through the current reporter like everything else).
+"""
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
-_quiet = False
+from ds4d_cli.report import info, warn
 
+#: In a log (stderr not a terminal) tables get 160 columns instead of rich's 80, so rows stay whole.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
-def set_quiet(quiet: bool) -> None:
-    """Silence info lines and progress bars (warnings and errors still print)."""
-    global _quiet
-    _quiet = quiet
-
-
-def is_quiet() -> bool:
-    return _quiet
-
-
-def info(message: str) -> None:
-    if not _quiet:
-        console.print(message)
-
-
-def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}")
+__all__ = ["console", "info", "warn"]

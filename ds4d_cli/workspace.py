@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ds4d_cli import __version__
-from ds4d_cli.console import info
+from ds4d_cli import report
 from ds4d_cli.errors import WorkspaceError
 from ds4d_cli.fsutil import read_json, write_json_atomic
 
@@ -299,6 +299,8 @@ def run_stage(
 ) -> StageResult:
     """Run ``body`` unless the stage's manifest already matches; write the manifest last.
 
+    The result (cached or fresh) is also reported (:func:`ds4d_cli.report.stage_done`).
+
     ``clear=False`` keeps the stage folder's contents between runs (``fit`` resumes from its
     checkpoints); the body is then responsible for ignoring what it cannot reuse.
     """
@@ -311,9 +313,9 @@ def run_stage(
                 and manifest.get("options") == _jsonable(options)
                 and manifest.get("inputs") == _jsonable(inputs)
             ):
-                return StageResult(name, True, manifest.get("summary", {}), out_dir)
+                return _done(StageResult(name, True, manifest.get("summary", {}), out_dir))
             reason = ws.status(name, options, version).reason or "inputs changed"
-            info(f"[dim]{name}: cache is stale ({reason}); running again[/dim]")
+            report.info(f"{name}: cache is stale ({reason}); running again")
         ws.invalidate(name)
         if clear and out_dir.exists():
             shutil.rmtree(out_dir)
@@ -324,5 +326,12 @@ def run_stage(
             if clear:  # a failed stage leaves nothing behind that could be mistaken for output
                 shutil.rmtree(out_dir, ignore_errors=True)
             raise
+        summary = _jsonable(summary)  # as a cached rerun will read it back (tuples as lists, ...)
         ws.write_manifest(name, options, inputs, version, summary)
-        return StageResult(name, False, summary, out_dir)
+        return _done(StageResult(name, False, summary, out_dir))
+
+
+def _done(result: StageResult) -> StageResult:
+    """Report a stage's result (cached or fresh) to whoever listens, and return it."""
+    report.stage_done(result.name, result.cached, result.summary, str(result.dir) if result.dir else None)
+    return result

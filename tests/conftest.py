@@ -32,3 +32,12 @@ def assets_dir() -> Path:
 def _no_workspace_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests choose their workspace explicitly; a developer's DS4D_WORKSPACE must not leak in."""
     monkeypatch.delenv("DS4D_WORKSPACE", raising=False)
+
+
+@pytest.fixture
+def reported():
+    """What stages report during the test (messages, progress, results), as a Recorder."""
+    from ds4d_cli import report
+
+    with report.using(report.Recorder()) as recorder:
+        yield recorder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from ds4d_cli.cameras import c2w_to_viewmat, intrinsics_from_fov, orbit_camera
 from ds4d_cli.errors import Ds4dError
 from ds4d_cli.render import render
 from ds4d_cli.stages import evaluate as ev
+from ds4d_cli.tables import eval_table
 from ds4d_cli.workspace import Workspace
 
 VIEWS = {"input": (0.0, 0.0), "az090": (90.0, 0.0), "az180": (180.0, 0.0), "az045_el30": (45.0, 30.0)}
@@ -154,7 +156,12 @@ def test_eval_reads_the_shared_example_layout(windmill_dir: Path, tmp_path: Path
     assert all(r["frames"] == 3 for r in rows.values())
     assert 0 < rows["input"]["moving_fraction"] < 0.5  # the windmill's blades and flag
     assert res["max_time_gap"] == pytest.approx(0.0, abs=0.03)
-    ev.print_table(res)
+    from rich.console import Console
+
+    out = Console(width=200, record=True, file=io.StringIO())
+    out.print(eval_table(res))
+    text = out.export_text()
+    assert "az180" in text and "held-out" in text and f"{rows['input']['psnr']:.2f}" in text
 
 
 @pytest.mark.slow

@@ -15,9 +15,10 @@ from plyfile import PlyData
 
 from ds4d_cli.cameras import c2w_to_viewmat, intrinsics_from_fov, orbit_camera
 from ds4d_cli.errors import Ds4dError
-from ds4d_cli.export.axes import VIEWER_FROM_WORLD, quat_to_rotmat, rotate_gaussians
+from ds4d_cli.export.axes import VIEWER_FROM_WORLD, rotate_gaussians
 from ds4d_cli.export.turntable import schedule
 from ds4d_cli.render import render
+from ds4d_cli.render.projection import quat_to_rotmat
 from ds4d_cli.stages import export as export_stage
 from ds4d_cli.stages.export import ExportOptions, parse_frames
 from ds4d_cli.workspace import Workspace

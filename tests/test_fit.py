@@ -43,7 +43,7 @@ def _opts(**kw):
 
 def _measure(ws: Workspace, case: Path) -> dict[str, dict[str, float]]:
     """PSNR (all pixels) and PSNR on moving pixels (pooled over frames) per view."""
-    from ds4d_cli.stages.fit import load_fitted
+    from ds4d_cli.fitted import load_fitted
 
     model = load_fitted(ws)
     assert model.num_frames == len(FRAMES)
@@ -104,7 +104,7 @@ def test_eval_ranks_training_above_held_out_and_matches_direct_psnr(full_fit, wi
     # rendered at the ground truth's 256 px from a 64 px fit, so both are lower than at the fit resolution
     assert results["train"]["psnr"] > results["held_out"]["psnr"] + 1.0
 
-    from ds4d_cli.stages.fit import load_fitted
+    from ds4d_cli.fitted import load_fitted
 
     model, size = load_fitted(ws), 256
     for row in results["views"]:
@@ -158,7 +158,9 @@ def test_outputs_manifest_and_cache(full_fit):
     again = fit.run(ws, _opts())
     assert again.cached and again.summary == result.summary
     # the loaded model's raw layout, as export expects it
-    g = fit.load_fitted(ws).gaussians_at(0)
+    from ds4d_cli.fitted import load_fitted
+
+    g = load_fitted(ws).gaussians_at(0)
     n = g["means"].shape[0]
     assert g["quats"].shape == (n, 4) and g["scales"].shape == (n, 3) and g["opacities"].shape == (n,)
     assert g["sh0"].shape == (n, 1, 3) and torch.isfinite(g["means"]).all()
@@ -214,7 +216,7 @@ def test_sigkilled_fit_resumes_from_last_checkpoint(tmp_path, windmill_dir):
 
 
 # ----------------------------------------------------------------------------- loop pieces
-def _small_trainer(windmill_dir, tmp_path, **cfg):
+def _small_trainer(windmill_dir, tmp_path, backbone=None, **cfg):
     from ds4d_cli.model.trainer import Trainer
     from ds4d_cli.stages.fit import FitOptions, load_fit_data, resolve_options, train_config
 
@@ -224,7 +226,7 @@ def _small_trainer(windmill_dir, tmp_path, **cfg):
     c = train_config(o)
     for k, v in cfg.items():
         setattr(c, k, v)
-    return Trainer(data, c)
+    return Trainer(data, c, backbone=backbone)
 
 
 def test_opacity_reset_happens(windmill_dir, tmp_path):
@@ -274,10 +276,15 @@ def test_visual_hull_init_and_fallback(windmill_dir, tmp_path):
 
 
 def test_missing_encoder_weights_is_a_user_error(tmp_path):
+    from ds4d_cli.encoder_weights import load_dinov2
     from ds4d_cli.model.features import ConvEncoder, build_encoder
 
     with pytest.raises(MissingWeightsError, match="no DINOv2 weights"):
-        build_encoder(tmp_path / "nowhere")
+        load_dinov2(tmp_path / "nowhere")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    with pytest.raises(MissingWeightsError, match="could not load the encoder weights"):
+        load_dinov2(tmp_path / "broken")
     enc = build_encoder(None, out_dim=8)
     assert isinstance(enc, ConvEncoder) and enc(torch.rand(2, 32, 32, 4)).shape == (2, 8, 8, 8)
 
@@ -288,8 +295,10 @@ def test_pretrained_encoder_path_is_frozen_and_cached(windmill_dir, tmp_path):
 
     cfg = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                        patch_size=14, image_size=56)
+    from ds4d_cli.encoder_weights import load_dinov2
+
     Dinov2Model(cfg).save_pretrained(tmp_path / "dino")
-    tr = _small_trainer(windmill_dir, tmp_path, encoder_path=str(tmp_path / "dino"), densify=False, steps=3)
+    tr = _small_trainer(windmill_dir, tmp_path, backbone=load_dinov2(tmp_path / "dino"), densify=False, steps=3)
     assert not any(g["name"] == "encoder" for g in tr.net_opt.param_groups)
     tr.step()
     T, V = tr.data.num_frames, tr.data.num_views
@@ -300,18 +309,22 @@ def test_pretrained_encoder_path_is_frozen_and_cached(windmill_dir, tmp_path):
     assert tr.deform.join.in_features == 2 * 32 + tr.deform.hexplane.out_dim  # concat(f, D) + HexPlane
 
 
-def test_stage_refuses_missing_encoder_and_bad_options(tmp_path):
+def test_stage_refuses_missing_encoder_and_bad_options(tmp_path, windmill_dir):
     from ds4d_cli.errors import Ds4dError
-    from ds4d_cli.stages.fit import FitOptions, resolve_options
+    from ds4d_cli.stages import fit
+    from ds4d_cli.stages.fit import DEVICE_DEFAULTS, FitOptions, resolve_options
 
-    with pytest.raises(MissingWeightsError, match="no encoder weights"):
-        resolve_options(FitOptions(encoder=str(tmp_path / "dinov2-small")))
+    ws = build_workspace(tmp_path / "ws", windmill_dir, TRAIN_VIEWS, FRAMES[:1], size=32)
+    with pytest.raises(MissingWeightsError, match="no DINOv2 weights"):
+        fit.run(ws, FitOptions(encoder=str(tmp_path / "dinov2-small"), device="cpu"))
+    assert not ws.stage_dir("fit").exists()  # refused before the workspace was touched
     with pytest.raises(Ds4dError, match="unknown fusion"):
         resolve_options(FitOptions(fusion="max"))
     with pytest.raises(Ds4dError, match="steps"):
         resolve_options(FitOptions(steps=0))
     o = resolve_options(FitOptions(device="cpu"))
     assert (o.steps, o.resolution, o.batch_frames, o.num_gaussians) == (1000, 128, 2, 2000)
+    assert all(getattr(o, k) == cpu for k, (cpu, _) in DEVICE_DEFAULTS.items())
     assert resolve_options(FitOptions(no_tssf=True)).fusion == "mean"
 
 

@@ -91,3 +91,72 @@ def test_not_a_gaussian_ply_is_a_clear_error(tmp_path):
     (tmp_path / "junk.ply").write_bytes(b"not a ply")
     with pytest.raises(Ds4dError):
         load_ply(tmp_path / "junk.ply")
+
+
+# ------------------------------------------------------------- rotations: rot_0..3 are w, x, y, z
+def test_rotation_columns_hold_w_x_y_z_in_order(tmp_path):
+    """A hand-made quaternion (w, x, y, z) = (0.5, 0.1, 0.7, -0.3): each rot_i column holds its own component."""
+    from plyfile import PlyData
+
+    q = torch.tensor([[0.5, 0.1, 0.7, -0.3]])
+    save_ply_tensors(tmp_path / "q.ply", torch.zeros(1, 3), q, torch.zeros(1, 3), torch.zeros(1), torch.zeros(1, 3))
+    v = PlyData.read(str(tmp_path / "q.ply"))["vertex"].data
+    assert [float(v[f"rot_{i}"][0]) for i in range(4)] == pytest.approx([0.5, 0.1, 0.7, -0.3])
+    assert torch.allclose(read_ply_tensors(tmp_path / "q.ply")["quats"], q)
+
+
+_C, _S = float(np.cos(np.pi / 4)), float(np.sin(np.pi / 4))
+#: A needle along its local x axis, turned by a hand-made quaternion (w, x, y, z), and where the
+#: needle then points in the world: identity -> x; 90 deg about z -> y; 90 deg about y -> -z.
+NEEDLES = {"identity": ((1.0, 0.0, 0.0, 0.0), "x"), "about_z": ((_C, 0.0, 0.0, _S), "y"),
+           "about_y": ((_C, 0.0, _S, 0.0), "z")}
+#: How a needle along each world axis looks from the front camera (image right = world x, image
+#: down = world -z) and from the top camera (image right = world x, image down = world -y).
+LOOKS = {"front": {"x": "horizontal", "y": "round", "z": "vertical"},
+         "top": {"x": "horizontal", "y": "vertical", "z": "round"}}
+
+
+def _write_standard_ply(path, quat) -> None:
+    """One Gaussian in the standard 3DGS layout, written with plyfile (not with ds4d's writer)."""
+    from plyfile import PlyData, PlyElement
+
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
+    names += [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)]
+    values = [0, 0, 0, 0, 0, 0, 1, 1, 1, 6.0, np.log(0.3), np.log(0.02), np.log(0.02), *quat]
+    data = np.array([tuple(values)], dtype=[(n, "f4") for n in names])
+    PlyData([PlyElement.describe(data, "vertex")]).write(str(path))
+
+
+def _shape(gaussians: Gaussians, view: str) -> str:
+    """Horizontal, vertical or round: the alpha-weighted spread of the render along u and v."""
+    W = 64
+    c2w = cam.orbit_camera(0.0, 90.0 if view == "top" else 0.0)
+    with torch.no_grad():
+        alpha = render_gaussians(gaussians, cam.c2w_to_viewmat(c2w)[None],
+                                 cam.intrinsics_from_fov(cam.DEFAULT_FOV_DEG, W)[None], W, W, backend="cpu").alpha[0, ..., 0]
+    v, u = torch.meshgrid(torch.arange(W, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    w = alpha / alpha.sum()
+    su = ((u - (w * u).sum()) ** 2 * w).sum().sqrt()
+    sv = ((v - (w * v).sum()) ** 2 * w).sum().sqrt()
+    assert alpha.max() > 0.5
+    return "horizontal" if su > 3 * sv else "vertical" if sv > 3 * su else "round" if max(su, sv) < 1.5 * min(su, sv) else "?"
+
+
+@pytest.mark.parametrize("needle", sorted(NEEDLES))
+def test_a_standard_file_is_read_with_its_rotation(tmp_path, needle):
+    """A file written by another tool renders with the needle where the quaternion puts it
+    (reading rot_1 as z and rot_3 as x, say, turns it to another axis)."""
+    quat, axis = NEEDLES[needle]
+    _write_standard_ply(tmp_path / "n.ply", quat)
+    g = load_ply(tmp_path / "n.ply")
+    assert {view: _shape(g, view) for view in LOOKS} == {view: LOOKS[view][axis] for view in LOOKS}
+
+
+@pytest.mark.parametrize("needle", sorted(NEEDLES))
+def test_a_written_file_renders_with_its_rotation(tmp_path, needle):
+    """Through ds4d's writer and reader: the re-read needle still points where its quaternion says."""
+    quat, axis = NEEDLES[needle]
+    save_ply_tensors(tmp_path / "n.ply", torch.zeros(1, 3), torch.tensor([quat]),
+                     torch.log(torch.tensor([[0.3, 0.02, 0.02]])), torch.tensor([6.0]), torch.ones(1, 3))
+    g = load_ply(tmp_path / "n.ply")
+    assert {view: _shape(g, view) for view in LOOKS} == {view: LOOKS[view][axis] for view in LOOKS}

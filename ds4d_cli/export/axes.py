@@ -60,20 +60,6 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
     )
 
 
-def quat_to_rotmat(q: Tensor) -> Tensor:
-    """Rotation matrices [...,3,3] of (not necessarily unit) quaternions (w, x, y, z)."""
-    q = torch.nn.functional.normalize(q, dim=-1)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(q.shape[:-1] + (3, 3))
-
-
 def _sh_basis(num_bases: int, dirs: Tensor) -> Tensor:
     # The renderer's own basis (gsplat's pure-torch evaluator, pinned gsplat==1.5.3): rotating
     # coefficients is only correct in exactly the basis (signs, order) that renders them.

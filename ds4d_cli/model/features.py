@@ -5,20 +5,16 @@ Two encoders share one interface (``forward(rgba [B,H,W,4] in [0,1]) -> [B, C, h
 
 - :class:`ConvEncoder` (default): a small stride-4 conv net trained jointly with the Gaussians.
   Cheap enough to re-run on the frames of every step on a CPU.
-- :class:`DinoEncoder` (``--encoder PATH``): a frozen pretrained DINOv2 loaded through
-  transformers from local files only (no download); its patch tokens form the feature map.
+- :class:`DinoEncoder` (``--encoder PATH``): a frozen pretrained DINOv2 (a transformers model the
+  caller loaded, see :mod:`ds4d_cli.encoder_weights`); its patch tokens form the feature map.
   Frozen, so the features of the whole clip are computed once per fit and cached.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from ds4d_cli.errors import MissingWeightsError
 
 
 def _premultiply(rgba: Tensor) -> Tensor:
@@ -95,30 +91,15 @@ class ImageFeatures(nn.Module):
 
 
 class DinoEncoder(nn.Module):
-    """Frozen DINOv2 (any size) from a local folder; features = last hidden patch tokens."""
+    """Frozen DINOv2 (any size, already loaded); features = last hidden patch tokens."""
 
     trainable = False
     _MEAN = (0.485, 0.456, 0.406)
     _STD = (0.229, 0.224, 0.225)
 
-    def __init__(self, path: str | Path, image_size: int = 224) -> None:
+    def __init__(self, backbone: nn.Module, image_size: int = 224) -> None:
         super().__init__()
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise MissingWeightsError(
-                f"no DINOv2 weights at {path}",
-                hint="point --encoder at a local folder holding config.json and the weights "
-                "(e.g. facebook/dinov2-small saved with save_pretrained), or omit --encoder",
-            )
-        try:
-            from transformers import AutoModel
-
-            self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise MissingWeightsError(
-                f"could not load the encoder weights at {path}: {exc}",
-                hint="check the folder holds a complete transformers DINOv2 checkpoint, or omit --encoder",
-            ) from exc
+        self.model = backbone
         self.model.eval().requires_grad_(False)
         self.patch = int(getattr(self.model.config, "patch_size", 14))
         self.image_size = image_size - image_size % self.patch
@@ -141,11 +122,11 @@ class DinoEncoder(nn.Module):
 ENCODERS = ("image", "conv")
 
 
-def build_encoder(path: str | Path | None, out_dim: int = 16, kind: str = "image") -> nn.Module:
-    """DINOv2 from ``path`` (MissingWeightsError if absent); else ``kind``: the fixed multi-scale
-    image features ("image") or the jointly-trained conv encoder ("conv")."""
-    if path is not None and str(path) != "":
-        return DinoEncoder(path)
+def build_encoder(backbone: nn.Module | None, out_dim: int = 16, kind: str = "image") -> nn.Module:
+    """The frozen DINOv2 ``backbone`` when one is given; else ``kind``: the fixed multi-scale image
+    features ("image") or the jointly-trained conv encoder ("conv")."""
+    if backbone is not None:
+        return DinoEncoder(backbone)
     if kind == "conv":
         return ConvEncoder(out_dim)
     if kind == "image":

@@ -36,7 +36,7 @@ from ds4d_cli.render import render
 
 from . import dsfd as dsfd_mod
 from .deformation import DeformationNet
-from .features import build_encoder
+from .features import DinoEncoder, build_encoder
 from .init import init_points
 from .losses import composite, image_losses
 from .sampling import project, sample_maps, to_grid, visibility
@@ -90,8 +90,8 @@ class TrainConfig:
     use_dsfd: bool = True
     fusion: str = "da"  # "da" | "ga" | "mean" ("mean" = --no-tssf)
     feat_dim: int = 16
-    encoder_path: Optional[str] = None
-    encoder: str = "conv"  # without encoder_path: "image" (fixed multi-scale features) or "conv" (joint)
+    encoder_path: Optional[str] = None  # where the caller loaded ``backbone`` from (recorded only)
+    encoder: str = "conv"  # without a backbone: "image" (fixed multi-scale features) or "conv" (joint)
     bound: float = 1.0
     sh_degree: int = 0
     hex_resolutions: tuple[int, ...] = (32, 64)
@@ -166,7 +166,9 @@ def _psnr(a: Tensor, b: Tensor) -> float:
 class Trainer:
     _CACHES = ("_feat_cache", "_ref_step", "_vis", "_vis_step", "_dyn", "_dyn_step")
 
-    def __init__(self, data: FitData, cfg: TrainConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, data: FitData, cfg: TrainConfig, device: str | torch.device = "cpu",
+                 backbone: Optional[nn.Module] = None) -> None:
+        """``backbone``: a loaded pretrained encoder (DINOv2) to use frozen; None trains a small conv one."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.data = FitData(*(x.to(self.device) if isinstance(x, Tensor) else x for x in (
@@ -186,11 +188,11 @@ class Trainer:
         g = Gaussians.from_points(pts.means, pts.colors, sh_degree=cfg.sh_degree, scale=pts.spacing, opacity=0.5)
         self.gaussians = g.to(self.device)
 
-        self.encoder = build_encoder(cfg.encoder_path, cfg.feat_dim, cfg.encoder).to(self.device)
+        self.encoder = build_encoder(backbone, cfg.feat_dim, cfg.encoder).to(self.device)
         self._enc_images = self.data.images
         trainable = getattr(self.encoder, "trainable", False)
         enc_size = cfg.encoder_size if trainable else cfg.image_feature_size
-        if not hasattr(self.encoder, "model") and 0 < enc_size < H:  # DINOv2 resizes its own input
+        if not isinstance(self.encoder, DinoEncoder) and 0 < enc_size < H:  # DINOv2 resizes its own input
             # the joint encoder sees a fixed small copy (features are 1/4 of it, like a ViT's
             # patch grid): re-encoding the whole clip every step then stays cheap at any resolution
             x = self.data.images.reshape(T * V, H, W, 4).permute(0, 3, 1, 2)

@@ -175,7 +175,7 @@ def cpu_extension_status() -> tuple[bool, str]:
     lib = build.load()
     if lib is not None:
         return True, f"C++ kernel loaded ({build.library_path()})"
-    return False, f"pure-torch fallback (C++ kernel unavailable: {build._error})"
+    return False, f"pure-torch fallback (C++ kernel unavailable: {build.load_error()})"
 
 
 def render_gaussians(gaussians, viewmats: Tensor, Ks: Tensor, width: int, height: int, **kwargs) -> RenderOutput:

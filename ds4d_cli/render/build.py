@@ -145,12 +145,9 @@ def load(auto_build: bool = True) -> Optional[ctypes.CDLL]:
         return _lib
 
 
-def status() -> str:
-    """One line for `ds4d doctor`: where the kernel is, or why it is not used."""
-    lib = load()
-    if lib is not None:
-        return f"C++ CPU rasterizer: {library_path()}"
-    return f"C++ CPU rasterizer: unavailable ({_error}); pure-torch fallback"
+def load_error() -> Optional[str]:
+    """Why :func:`load` returned None (None when it loaded or was not tried yet)."""
+    return _error
 
 
 def main() -> int:

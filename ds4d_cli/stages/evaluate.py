@@ -17,7 +17,6 @@ views, masked PSNR pools the error over all their moving pixels.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -29,7 +28,7 @@ from PIL import Image
 from ds4d_cli import metrics
 from ds4d_cli.errors import Ds4dError
 from ds4d_cli.fsutil import read_json
-from ds4d_cli.progress import progress_bar
+from ds4d_cli.report import progress, warn
 from ds4d_cli.workspace import Workspace
 
 INPUT_VIEW = "input"
@@ -150,8 +149,6 @@ def evaluate_model(model: Any, gt_views: list[GtView], gt_times: list[float],
     pairs = match_frames(_model_times(model), gt_times)
     gap = max(abs(_model_times(model)[i] - gt_times[j]) for i, j in pairs)
     if len(gt_times) > 1 and gap > 0.5 / len(gt_times) + 1e-6:
-        from ds4d_cli.console import warn
-
         warn(f"fitted frames and ground truth differ by up to {gap:.3f} in normalised time; "
              "scores include that timing error (is --gt the clip the model was fitted to?)")
     # Group views by render size so one batched render call serves several cameras.
@@ -162,7 +159,7 @@ def evaluate_model(model: Any, gt_views: list[GtView], gt_times: list[float],
     gts: list[list[torch.Tensor]] = [[] for _ in gt_views]
     from ds4d_cli.export.views import render_rgb
 
-    with progress_bar("Evaluating", total=len(pairs), fields=()) as bar:
+    with progress("Evaluating", total=len(pairs), unit="frame") as bar:
         for mi, gj in pairs:
             for (w, h), idx in groups.items():
                 vm = torch.stack([gt_views[k].viewmat for k in idx])
@@ -223,37 +220,8 @@ def run(ws: Workspace, opts: EvalOptions, model: Any = None) -> dict[str, Any]:
     background = parse_background(opts.background)
     gt_views, gt_times = load_gt(root, opts.views)
     if model is None:
-        from ds4d_cli.stages.export import load_model
+        from ds4d_cli.fitted import load_fitted
 
-        model = load_model(ws)
+        model = load_fitted(ws)
     result = evaluate_model(model, gt_views, gt_times, background, training_views(ws))
     return {"gt": str(root.absolute()), "background": opts.background, **result}
-
-
-def _fmt(x: Any, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.{digits}f}"
-
-
-def print_table(results: dict[str, Any]) -> None:
-    """The figures as a rich table on the console (stderr): one row per view, then summaries."""
-    from rich.table import Table
-
-    from ds4d_cli.console import console
-
-    table = Table(title=f"ds4d eval vs {results.get('gt', '?')}",
-                  caption="PSNR in dB. PSNR, SSIM: mean over frames. moving: share of pixels whose ground "
-                          "truth changes over the clip; PSNR moving: error on those pixels only")
-    for col in ("view", "role", "frames", "PSNR", "SSIM", "PSNR moving", "moving"):
-        table.add_column(col, justify="left" if col in ("view", "role") else "right", no_wrap=True)
-    for r in results["views"]:
-        table.add_row(r["view"], r["role"], str(r["frames"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4),
-                      _fmt(r["masked_psnr"]), f"{100 * r['moving_fraction']:.1f}%")
-    table.add_section()
-    for key, label in (("train", "train"), ("held_out", "held-out"), ("overall", "all")):
-        agg = results.get(key)
-        if agg:
-            table.add_row(f"[bold]mean of {agg['views']}[/bold]", f"[bold]{label}[/bold]", "", _fmt(agg["psnr"]),
-                          _fmt(agg["ssim"], 4), _fmt(agg["masked_psnr"]), "")
-    console.print(table)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ds4d_cli.errors import Ds4dError
 from ds4d_cli.fsutil import atomic_path, read_json, write_json_atomic
-from ds4d_cli.progress import progress_bar
+from ds4d_cli.report import progress as progress_bar
 from ds4d_cli.workspace import StageResult, Workspace, run_stage
 
 FORMATS = ("ply", "mp4", "grid")
@@ -68,16 +68,6 @@ def parse_frames(spec: Optional[str], num_frames: int) -> list[int]:
     if not chosen:
         raise Ds4dError(f"frame selection {spec!r} is empty", hint="use e.g. --frames 0,5,10 or --frames 0-11")
     return sorted(chosen)
-
-
-def load_model(ws: Workspace) -> Any:
-    """The fitted model (fit stage's ``load_fitted``); a user error when fit has not run."""
-    ws.upstream_digest("fit")  # raises "stage 'fit' has not run" with the command to run
-    try:
-        from ds4d_cli.stages.fit import load_fitted  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - depends on the fit helper's layout
-        from ds4d_cli.model import load_fitted  # type: ignore[attr-defined,no-redef]
-    return load_fitted(ws)
 
 
 def _cameras_json(ws: Workspace) -> dict[str, Any] | None:
@@ -134,7 +124,9 @@ def run(ws: Workspace, opts: ExportOptions, force: bool = False, model: Any = No
         inputs["preprocess"] = ws.upstream_digest("preprocess")
 
     def body(out_dir: Path) -> dict[str, Any]:
-        m = model if model is not None else load_model(ws)
+        from ds4d_cli.fitted import load_fitted
+
+        m = model if model is not None else load_fitted(ws)
         frames = parse_frames(opts.frames, int(m.num_frames))
         if opts.format == "ply":
             return _export_ply(ws, m, frames, opts, out_dir)

@@ -3,11 +3,13 @@
 Reads ``preprocess/frames`` and ``generate/{cameras.json,views}``, trains
 (:mod:`ds4d_cli.model.trainer`) and writes into ``fit/``:
 
-- ``checkpoints/latest.pt``  resumable state (every ``checkpoint_every`` steps and on Ctrl-C);
+- ``checkpoints/latest.pt``  resumable state (every ``checkpoint_every`` steps and on Ctrl-C), and
+  ``checkpoints/previous.pt`` the one before it (fallback when latest is unreadable);
 - ``log.jsonl``              one line per ``log_every`` steps (step, losses, PSNR, Gaussians, time);
 - ``previews/step_NNNNNN.png`` renders of a few frames x views (top: render, bottom: target);
-- ``model.pt``               the fitted model baked per frame (what :func:`load_fitted` reads);
-- ``manifest.json``          last, with the options (ablations included) and a summary.
+- ``model.pt``               the fitted model baked per frame (:mod:`ds4d_cli.fitted` reads it);
+- ``manifest.json``          last, with the options (ablations included) and a summary of what
+  the trainer ran (its config, fusion, DSFD, encoder) and how well it fits its training views.
 
 Re-running the same command resumes from ``latest.pt`` if it was written with the same options
 and inputs; ``restart=True`` starts over.
@@ -29,28 +31,40 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ds4d_cli.cameras import c2w_to_viewmat
-from ds4d_cli.console import info, warn
-from ds4d_cli.errors import Ds4dError, MissingWeightsError
+from ds4d_cli.checkpoints import Checkpoints
+from ds4d_cli.errors import Ds4dError
+from ds4d_cli.fitted import FittedModel, load_fitted, save_fitted  # noqa: F401 - FittedModel/load_fitted: old import path
 from ds4d_cli.fsutil import atomic_path, read_json
 from ds4d_cli.metrics import psnr_from_mse
 from ds4d_cli.model.losses import composite
+from ds4d_cli.model.tssf import FUSIONS
+from ds4d_cli.report import info, progress, warn
 from ds4d_cli.workspace import StageResult, Workspace, canonical_digest, run_stage
 
 VERSION = 2  # 2: Gaussians outside the input view are pruned
-FUSIONS = ("da", "ga", "mean")
+
+#: Defaults that depend on the device, as (CPU, CUDA): what ``None`` in :class:`FitOptions` becomes.
+DEVICE_DEFAULTS: dict[str, tuple[int, int]] = {
+    "steps": (1000, 5000),
+    "resolution": (128, 256),  # training image side
+    "batch_frames": (2, 4),  # frames per step (all their views rendered at once)
+    "num_gaussians": (2000, 20000),  # initial count
+    "max_gaussians": (5000, 200000),  # densification stops growing here
+    "opacity_reset_every": (0, 3000),  # 0 = never (short CPU fits)
+}
 
 
 @dataclass
 class FitOptions:
-    """Options of ``ds4d fit``. ``None`` means "pick for the device" (printed when chosen)."""
+    """Options of ``ds4d fit``. ``None`` means "pick for the device" (:data:`DEVICE_DEFAULTS`)."""
 
-    steps: Optional[int] = None  # CPU 1000, CUDA 5000
+    steps: Optional[int] = None
     device: str = "auto"  # auto | cpu | cuda
-    resolution: Optional[int] = None  # training image side: CPU 128, CUDA 256
-    batch_frames: Optional[int] = None  # frames per step (all their views rendered at once): CPU 2, CUDA 4
+    resolution: Optional[int] = None
+    batch_frames: Optional[int] = None
     lr: float = 1.0  # multiplier on every learning rate
-    num_gaussians: Optional[int] = None  # initial count: CPU 2000, CUDA 20000
-    max_gaussians: Optional[int] = None  # densification stops growing here: CPU 5000, CUDA 200000
+    num_gaussians: Optional[int] = None
+    max_gaussians: Optional[int] = None
     input_weight: float = 1.0  # loss weight of the input (reference) view
     view_weight: float = 0.5  # loss weight of each generated view
     ssim_weight: float = 0.2
@@ -58,7 +72,7 @@ class FitOptions:
     smooth_weight: float = 0.1  # temporal smoothness of the deformation
     densify: bool = True
     densify_every: int = 100
-    opacity_reset_every: Optional[int] = None  # CPU 0 (never, short fits), CUDA 3000
+    opacity_reset_every: Optional[int] = None
     no_dsfd: bool = False  # ablation: frame feature straight to the head
     no_tssf: bool = False  # ablation: mean over views
     fusion: str = "da"  # da | ga | mean
@@ -86,28 +100,16 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_options(opts: FitOptions) -> FitOptions:
-    """Fill the device-dependent defaults (and validate); the result has no ``None`` left but encoder."""
+    """Fill the device-dependent defaults (and validate); the result has no ``None`` left but encoder.
+
+    The encoder folder is checked when it is loaded (:func:`ds4d_cli.encoder_weights.load_dinov2`).
+    """
     device = resolve_device(opts.device)
-    cuda = device == "cuda"
     if opts.fusion not in FUSIONS:
         raise Ds4dError(f"unknown fusion {opts.fusion!r}", hint="use --fusion da, ga or mean")
-    r = replace(
-        opts,
-        device=device,
-        steps=opts.steps if opts.steps is not None else (5000 if cuda else 1000),
-        resolution=opts.resolution if opts.resolution is not None else (256 if cuda else 128),
-        batch_frames=opts.batch_frames if opts.batch_frames is not None else (4 if cuda else 2),
-        num_gaussians=opts.num_gaussians if opts.num_gaussians is not None else (20000 if cuda else 2000),
-        max_gaussians=opts.max_gaussians if opts.max_gaussians is not None else (200000 if cuda else 5000),
-        opacity_reset_every=opts.opacity_reset_every if opts.opacity_reset_every is not None else (3000 if cuda else 0),
-        fusion="mean" if opts.no_tssf else opts.fusion,
-    )
-    if r.encoder and not (Path(r.encoder) / "config.json").is_file():
-        raise MissingWeightsError(
-            f"no encoder weights at {r.encoder}",
-            hint="point --encoder at a local DINOv2 folder (config.json + weights, e.g. saved with "
-            "save_pretrained from facebook/dinov2-small), or omit --encoder to train the small conv encoder",
-        )
+    pick = 1 if device == "cuda" else 0
+    chosen = {k: getattr(opts, k) if getattr(opts, k) is not None else both[pick] for k, both in DEVICE_DEFAULTS.items()}
+    r = replace(opts, device=device, fusion="mean" if opts.no_tssf else opts.fusion, **chosen)
     if r.steps < 1:
         raise Ds4dError(f"--steps must be at least 1 (got {r.steps})", hint="e.g. --steps 1000")
     if not 16 <= r.resolution <= 2048:
@@ -230,25 +232,49 @@ def evaluate_training_views(trainer, data, names: list[str]) -> dict[str, float]
     return {n: round(psnr_from_mse(float(np.mean(m))), 3) for n, m in out.items()}
 
 
-def _save_checkpoint(path: Path, trainer, key: str) -> None:
+@torch.no_grad()
+def blank_input_psnr(data) -> float:
+    """PSNR of an empty render (white) against the input view over all frames: the floor a fit
+    that learnt nothing sits on (high when the object covers little of the image)."""
+    tgt = data.images[:, 0].cpu()
+    tgt = composite(tgt[..., :3], tgt[..., 3:], 1.0)  # over white
+    return round(psnr_from_mse(float((1.0 - tgt).pow(2).mean())), 3)
+
+
+#: A fit must beat an empty render of the input view by this much (dB), or it learnt nothing.
+#: The gain is a ratio of errors, so it does not depend on how much of the image the object
+#: covers. Measured at 64 px on 8 frames with two imported views (windmill / flapper): an empty
+#: render 14.2 / 15.9 dB; the start (1 step) 12.4 / 14.7 dB; 100 steps at lr x0.001 11.8 dB
+#: (windmill); 50 steps 22.7 dB (windmill, +8.5); 300 steps 29.3 / 33.1 dB (+15 / +17).
+MIN_GAIN_OVER_BLANK_DB = 6.0
+
+
+def learnt_nothing(input_psnr: float, blank_psnr: float) -> Optional[str]:
+    """A warning when the input view is not clearly better than an empty render, else None."""
+    if input_psnr >= blank_psnr + MIN_GAIN_OVER_BLANK_DB:
+        return None
+    return (f"the fit learnt (almost) nothing: its input view scores {input_psnr:.1f} dB, an empty render "
+            f"{blank_psnr:.1f} dB (it should be at least {MIN_GAIN_OVER_BLANK_DB:g} dB better); check the masks in "
+            "preprocess/contact_sheet.png and fit/previews/, then rerun with more --steps or fix the input")
+
+
+def _checkpoint_state(trainer, key: str) -> dict[str, Any]:
     sd = trainer.state_dict()
     sd["key"] = key
-    with atomic_path(path) as tmp:
-        torch.save(sd, tmp)
+    return sd
 
 
-def _save_model(path: Path, trainer, data, names: list[str], opts: FitOptions) -> None:
-    baked = trainer.bake()
-    baked.update(
-        sh_degree=trainer.cfg.sh_degree,
-        resolution=int(opts.resolution),
-        view_names=names,
-        viewmats=data.viewmats.cpu(),
-        Ks=data.Ks.cpu(),
-        options={k: v for k, v in asdict(opts).items() if k not in _NON_RESULT},
-    )
-    with atomic_path(path) as tmp:
-        torch.save(baked, tmp)
+def _ran(trainer) -> dict[str, Any]:
+    """What the trainer actually ran (read from the trainer, not from the options it was given)."""
+    from ds4d_cli.model.features import DinoEncoder
+
+    fusion = trainer.tssf.mode
+    dino = isinstance(trainer.encoder, DinoEncoder)
+    return {
+        "ablations": {"dsfd": bool(trainer.cfg.use_dsfd), "tssf": fusion != "mean", "fusion": fusion},
+        "encoder": f"dinov2 ({trainer.cfg.encoder_path})" if dino else "conv (joint)",
+        "train_config": asdict(trainer.cfg),
+    }
 
 
 class _Interrupt:
@@ -274,40 +300,39 @@ class _Interrupt:
 
 
 # ---------------------------------------------------------------------------------- stage
-def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path) -> dict[str, Any]:
+def _resume(trainer, store: Checkpoints, key: str, device: str) -> int:
+    """Load the newest readable checkpoint made with the same options and inputs; its step or 0."""
+    sd = store.load(map_location=device)
+    if sd is None:
+        return 0
+    if sd.get("key") != key:
+        info("fit: the checkpoint was made with other options or inputs; starting over")
+        return 0
+    trainer.load_state_dict(sd)
+    info(f"fit: resuming from the checkpoint at step {trainer.step_count}")
+    return trainer.step_count
+
+
+def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path, backbone: Any) -> dict[str, Any]:
     from ds4d_cli.model.trainer import Trainer
-    from ds4d_cli.progress import progress_bar
 
     torch.manual_seed(opts.seed)
     data, names = load_fit_data(ws, opts)
     T, V = data.num_frames, data.num_views
+    trainer = Trainer(data, train_config(opts), device=opts.device, backbone=backbone)
+    ran = _ran(trainer)
     info(
         f"fit: {T} frames x {V} views at {opts.resolution}px on {opts.device}; {opts.steps} steps, "
         f"{opts.batch_frames} frames/step, {opts.num_gaussians} initial Gaussians (max {opts.max_gaussians}); "
-        f"DSFD {'off' if opts.no_dsfd else 'on'}, TSSF {opts.fusion}"
-        + (f", encoder {opts.encoder}" if opts.encoder else ", conv encoder trained jointly")
+        f"DSFD {'on' if ran['ablations']['dsfd'] else 'off'}, TSSF {ran['ablations']['fusion']}, encoder {ran['encoder']}"
     )
     if V == 1:
         warn("no generated views: only the input view constrains the fit; the back of the object will be guessed")
-    trainer = Trainer(data, train_config(opts), device=opts.device)
-    ckpt_dir = out_dir / "checkpoints"
-    latest = ckpt_dir / "latest.pt"
+    store = Checkpoints(out_dir / "checkpoints")
     log_path = out_dir / "log.jsonl"
-    if opts.restart and latest.exists():
-        latest.unlink()
-    resumed = 0
-    if latest.exists():
-        try:
-            sd = torch.load(latest, map_location=opts.device, weights_only=False)
-        except Exception as exc:  # a corrupt checkpoint cannot happen via atomic writes, but be safe
-            warn(f"ignoring unreadable checkpoint {latest} ({exc}); starting over")
-            sd = None
-        if sd is not None and sd.get("key") == key:
-            trainer.load_state_dict(sd)
-            resumed = trainer.step_count
-            info(f"fit: resuming from the checkpoint at step {resumed}")
-        elif sd is not None:
-            info("fit: the checkpoint was made with other options or inputs; starting over")
+    if opts.restart:
+        store.clear()
+    resumed = _resume(trainer, store, key, opts.device)
     if resumed == 0:  # a fresh start: drop the log and previews of an earlier fit
         if log_path.exists():
             log_path.unlink()
@@ -316,14 +341,11 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path) -> dict[str,
         info(f"fit: initial Gaussians from {trainer.init_method.replace('_', ' ')}")
 
     t_start = time.perf_counter()
-    last_psnr = float("nan")
-    with _Interrupt() as intr, progress_bar("Fitting", total=opts.steps, fields=("loss", "psnr", "gaussians")) as bar, \
-            open(log_path, "a", encoding="utf-8") as log:
-        bar.update(completed=trainer.step_count)
+    with _Interrupt() as intr, open(log_path, "a", encoding="utf-8") as log, \
+            progress("Fitting", total=opts.steps, fields=("loss", "psnr", "gaussians"), unit="step",
+                     completed=trainer.step_count) as bar:
 
         def callback(s) -> bool:
-            nonlocal last_psnr
-            last_psnr = s.psnr
             bar.advance(1, loss=round(s.loss, 4), psnr=round(s.psnr, 2), gaussians=s.num_gaussians)
             if s.step % opts.log_every == 0 or s.step == opts.steps:
                 rec = {"step": s.step, "loss": s.loss, "psnr_input": s.psnr, "gaussians": s.num_gaussians,
@@ -333,20 +355,26 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path) -> dict[str,
             if opts.preview_every > 0 and (s.step % opts.preview_every == 0 or s.step == opts.steps):
                 _save_png(out_dir / "previews" / f"step_{s.step:06d}.png", _preview(trainer, data))
             if opts.checkpoint_every > 0 and s.step % opts.checkpoint_every == 0 and s.step < opts.steps:
-                _save_checkpoint(latest, trainer, key)
+                store.save(_checkpoint_state(trainer, key))
             return not intr.requested
 
         trainer.train(callback)
         if intr.requested:
-            _save_checkpoint(latest, trainer, key)
+            store.save(_checkpoint_state(trainer, key))
             info(f"fit: interrupted; checkpoint saved at step {trainer.step_count} (run the same command to resume)")
             raise KeyboardInterrupt
     elapsed = time.perf_counter() - t_start
-    ran = trainer.step_count - resumed
-    _save_checkpoint(latest, trainer, key)
-    _save_model(out_dir / "model.pt", trainer, data, names, opts)
+    ran_steps = trainer.step_count - resumed
+    store.save(_checkpoint_state(trainer, key))
+    save_fitted(out_dir / "model.pt", trainer.bake(), sh_degree=trainer.cfg.sh_degree, resolution=int(opts.resolution),
+                view_names=names, viewmats=data.viewmats, Ks=data.Ks,
+                options={k: v for k, v in asdict(opts).items() if k not in _NON_RESULT})
     psnr = evaluate_training_views(trainer, data, names)
-    summary = {
+    blank = blank_input_psnr(data)
+    warnings = [w for w in [learnt_nothing(psnr["input"], blank)] if w]
+    info(f"fit: PSNR per training view (all frames, {opts.resolution}px): "
+         + ", ".join(f"{k} {v:.2f} dB" for k, v in psnr.items()) + f"; an empty render scores {blank:.2f} dB")
+    return {
         "steps": trainer.step_count,
         "resumed_from": resumed,
         "frames": T,
@@ -354,16 +382,14 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path) -> dict[str,
         "gaussians": trainer.gaussians.num_gaussians,
         "pruned_outside_input": trainer.pruned_outside,
         "init": trainer.init_method,
-        "device": opts.device,
+        "device": str(trainer.device),
         "resolution": opts.resolution,
-        "seconds_per_step": round(elapsed / max(1, ran), 4),
+        "seconds_per_step": round(elapsed / max(1, ran_steps), 4),
         "psnr": psnr,
-        "ablations": {"dsfd": not opts.no_dsfd, "tssf": opts.fusion != "mean", "fusion": opts.fusion},
-        "encoder": opts.encoder or "conv (joint)",
+        "psnr_input_blank": blank,
+        **ran,
+        "warnings": warnings,
     }
-    info(f"fit: PSNR per training view (all frames, {opts.resolution}px): "
-         + ", ".join(f"{k} {v:.2f} dB" for k, v in psnr.items()))
-    return summary
 
 
 def run(ws: Workspace, opts: FitOptions, force: bool = False) -> StageResult:
@@ -387,70 +413,12 @@ def _run(ws: Workspace, o: FitOptions, force: bool) -> StageResult:
     inputs = {"preprocess": ws.upstream_digest("preprocess"), "generate": ws.upstream_digest("generate")}
     options = {k: v for k, v in asdict(o).items() if k not in _NON_RESULT}
     key = canonical_digest({"options": options, "inputs": inputs, "version": VERSION})
+    backbone = None
+    if o.encoder:  # a missing or broken folder fails here, before the workspace is touched
+        from ds4d_cli.encoder_weights import load_dinov2
+
+        backbone = load_dinov2(o.encoder)
     return run_stage(
         ws, "fit", options=options, inputs=inputs, version=VERSION, force=force or o.restart, clear=False,
-        body=lambda out_dir: _body(ws, o, key, out_dir),
+        body=lambda out_dir: _body(ws, o, key, out_dir, backbone),
     )
-
-
-# ---------------------------------------------------------------------------------- loading
-class FittedModel:
-    """A fitted DS4D model, baked per frame (no encoder or images needed to render it).
-
-    - ``num_frames``, ``frame_times`` (normalised, list of float), ``sh_degree``;
-    - ``gaussians_at(i)`` -> dict of tensors in the RAW gsplat/PLY layout: ``means`` [N,3],
-      ``quats`` [N,4] (wxyz, unit), ``scales`` [N,3] LOG std-devs, ``opacities`` [N] LOGITS,
-      ``sh0`` [N,1,3], ``shN`` [N,K,3];
-    - ``render(i, viewmats, Ks, width, height, background=None, backend="auto")`` -> RenderOutput
-      (rgb [C,H,W,3] composited over ``background`` (None = black, i.e. premultiplied), alpha, depth);
-    - ``viewmats``/``Ks``/``view_names``: the training cameras at ``resolution`` px (view 0 = input).
-    """
-
-    def __init__(self, baked: dict[str, Any]) -> None:
-        self._b = baked
-        self.num_frames = int(baked["means"].shape[0])
-        self.frame_times = [float(t) for t in baked["frame_times"]]
-        self.sh_degree = int(baked.get("sh_degree", 0))
-        self.resolution = int(baked.get("resolution", 0))
-        self.view_names = list(baked.get("view_names", []))
-        self.viewmats = baked.get("viewmats")
-        self.Ks = baked.get("Ks")
-        self.options = dict(baked.get("options", {}))
-
-    @property
-    def num_gaussians(self) -> int:
-        return int(self._b["opacities"].shape[0])
-
-    def _check(self, i: int) -> int:
-        if not 0 <= int(i) < self.num_frames:
-            raise IndexError(f"frame {i} out of range (model has {self.num_frames} frames)")
-        return int(i)
-
-    def gaussians_at(self, i: int) -> dict[str, torch.Tensor]:
-        i = self._check(i)
-        b = self._b
-        return {"means": b["means"][i], "quats": b["quats"][i], "scales": b["scales"][i],
-                "opacities": b["opacities"], "sh0": b["sh0"], "shN": b["shN"]}
-
-    @torch.no_grad()
-    def render(self, i: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
-               background: Optional[torch.Tensor] = None, backend: str = "auto"):
-        from ds4d_cli.gaussians import SH_C0
-        from ds4d_cli.render import render
-
-        g = self.gaussians_at(i)
-        if self.sh_degree > 0:
-            colors, deg = torch.cat([g["sh0"], g["shN"]], dim=1), self.sh_degree
-        else:
-            colors, deg = 0.5 + SH_C0 * g["sh0"][:, 0, :], None
-        return render(g["means"], g["quats"], torch.exp(g["scales"]), torch.sigmoid(g["opacities"]), colors,
-                      viewmats.float(), Ks.float(), int(width), int(height), background=background,
-                      backend=backend, sh_degree=deg)
-
-
-def load_fitted(ws: Workspace) -> FittedModel:
-    """The fitted model of ``ws`` (fit/model.pt); a user error if fit has not finished."""
-    path = ws.stage_dir("fit") / "model.pt"
-    if ws.read_manifest("fit") is None or not path.is_file():
-        raise Ds4dError(f"no fitted model in {ws.stage_dir('fit')}", hint="run `ds4d fit` first")
-    return FittedModel(torch.load(path, map_location="cpu", weights_only=False))

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ds4d_cli.cameras import DEFAULT_FOV_DEG, DEFAULT_RADIUS, intrinsics_from_fov, orbit_camera
-from ds4d_cli.console import warn
+from ds4d_cli.report import warn
 from ds4d_cli.errors import Ds4dError, MissingWeightsError
 from ds4d_cli.fsutil import atomic_path, read_json, write_bytes_atomic, write_json_atomic
 from ds4d_cli.priors.layout import DEFAULT_STEPS, HUB_IDS, check_variant
@@ -128,7 +128,7 @@ def _run_zero123pp(out: Path, opts: GenerateOptions, meta: dict, frames: list[Pa
     from ds4d_cli.priors.layout import split_grid, zero123pp_views
     from ds4d_cli.priors.loading import load_zero123pp
     from ds4d_cli.priors.segment import segment_flat_background
-    from ds4d_cli.progress import progress_bar
+    from ds4d_cli.report import progress as progress_bar
 
     pipe = load_zero123pp(opts.model, opts.variant, opts.device)
     if pipe.device.type == "cpu" and sum(p.numel() for p in pipe.unet.parameters()) > 100_000_000:

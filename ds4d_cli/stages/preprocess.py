@@ -16,11 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ds4d_cli.console import info, warn
+from ds4d_cli.report import info, warn
 from ds4d_cli.crop import clip_box, crop_intrinsics, crop_rgba
 from ds4d_cli.errors import Ds4dError
 from ds4d_cli.fsutil import atomic_path, write_json_atomic
-from ds4d_cli.progress import progress_bar
+from ds4d_cli.report import progress as progress_bar
 from ds4d_cli.segment import SEGMENTERS, clean_alpha, make_segmenter
 from ds4d_cli.video import DEFAULT_FOLDER_FPS, Clip, VideoInfo, load_clip, probe, sample_indices
 from ds4d_cli.workspace import StageResult, Workspace, run_stage, sha256_of_path
@@ -116,7 +116,7 @@ def run(workspace: Workspace | str | os.PathLike[str] | None, opts: PreprocessOp
 def _segment(clip: Clip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str, list[str]]:
     """Soft alphas for the clip's frames, the segmenter's name and notes for the user."""
     if clip.has_alpha:
-        info("[dim]input has an alpha channel: using it, no segmentation[/dim]")
+        info("input has an alpha channel: using it, no segmentation")
         return [f[..., 3].astype(np.float32) / 255.0 for f in clip.frames], INPUT_ALPHA, []
     segmenter = make_segmenter(opts.segmenter, opts.background)
     with progress_bar(f"Segmenting ({opts.segmenter})", total=len(clip.frames), fields=()) as bar:
@@ -151,7 +151,7 @@ def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dic
         )
     if len(clip.frames) < opts.frames:
         n = len(clip.frames)
-        info(f"[dim]the clip has only {n} frame{'s' if n != 1 else ''} in the chosen window: using all of them[/dim]")
+        info(f"the clip has only {n} frame{'s' if n != 1 else ''} in the chosen window: using all of them")
     alphas, segmenter_name, notes = _segment(clip, opts)
 
     present = [_has_object(a) for a in alphas]

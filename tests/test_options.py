@@ -1,0 +1,119 @@
+"""Options are declared once: each stage's options dataclass holds the defaults; the CLI restates
+them and these tests fail on any drift (CLI defaults, help strings quoting computed defaults,
+and what `ds4d run` passes to each stage)."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from pathlib import Path
+
+import pytest
+import typer
+
+from ds4d_cli.cli import COMMON_OPTIONS, app, main
+from ds4d_cli.stages.evaluate import EvalOptions
+from ds4d_cli.stages.export import DEFAULT_FPS, ExportOptions
+from ds4d_cli.stages.fit import DEVICE_DEFAULTS, FitOptions
+from ds4d_cli.stages.generate import DEFAULT_GUIDANCE, GenerateOptions
+from ds4d_cli.stages.preprocess import PreprocessOptions
+
+#: CLI parameter name -> options field, where the two differ.
+RENAMED = {"background_plate": "background", "prior_dir": "import_dir", "fmt": "format"}
+#: CLI parameters that are not stage options.
+CLI_ONLY = {"force", "as_json", "formats", *COMMON_OPTIONS}
+#: Fields a stage command does not expose (with the reason).
+NOT_EXPOSED = {
+    ExportOptions: {"min_opacity"},  # a cleaning threshold, not a user choice
+}
+STAGE_OPTIONS = {"preprocess": PreprocessOptions, "generate": GenerateOptions, "fit": FitOptions,
+                 "export": ExportOptions, "eval": EvalOptions}
+
+
+def _command(name: str):
+    return typer.main.get_command(app).commands[name]
+
+
+def _defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def _cli_default(param):
+    value = param.default
+    return value.value if isinstance(value, Enum) else value
+
+
+@pytest.mark.parametrize("command", sorted(STAGE_OPTIONS))
+def test_stage_command_defaults_are_the_dataclass_defaults(command: str) -> None:
+    cls = STAGE_OPTIONS[command]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    defaults = _defaults(cls)
+    exposed = set()
+    for param in _command(command).params:
+        if param.name in CLI_ONLY:
+            continue
+        field = RENAMED.get(param.name, param.name)
+        assert field in fields, f"{command} --{param.name} is not a field of {cls.__name__}"
+        exposed.add(field)
+        if field in defaults:
+            assert _cli_default(param) == defaults[field], f"{command} --{param.name}"
+        else:  # a required field is a required CLI parameter
+            assert param.required, f"{command} {param.name}"
+    assert fields - exposed == NOT_EXPOSED.get(cls, set()), f"{command} does not expose {fields - exposed}"
+
+
+def test_run_options_have_their_stage_defaults() -> None:
+    owners = [PreprocessOptions, GenerateOptions, FitOptions]
+    for param in _command("run").params:
+        if param.name in CLI_ONLY or param.required:
+            continue
+        field = RENAMED.get(param.name, param.name)
+        owning = [cls for cls in owners if field in _defaults(cls)]
+        assert owning, f"run --{param.name} belongs to no stage"
+        for cls in owning:
+            assert _cli_default(param) == _defaults(cls)[field], f"run --{param.name} vs {cls.__name__}"
+
+
+def _help(command: str, name: str) -> str:
+    return next(p.help for p in _command(command).params if p.name == name)
+
+
+def test_help_strings_quote_the_computed_defaults() -> None:
+    from ds4d_cli.priors.layout import DEFAULT_STEPS
+    from ds4d_cli.video import DEFAULT_FOLDER_FPS
+
+    for name, (cpu, cuda) in DEVICE_DEFAULTS.items():
+        assert f"{cpu} on CPU, {cuda} on CUDA" in _help("fit", name), name
+    assert f"default {DEFAULT_STEPS['v1.1']} / {DEFAULT_STEPS['v1.2']} on v1.2" in _help("generate", "steps")
+    assert f"default {DEFAULT_GUIDANCE}" in _help("generate", "guidance")
+    assert f"default {DEFAULT_FOLDER_FPS:g}" in _help("preprocess", "fps")
+    assert f"at least {DEFAULT_FPS:g}" in _help("export", "fps")
+
+
+def test_run_passes_each_stage_its_own_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`ds4d run CLIP` hands every stage exactly its dataclass defaults: nothing hard-coded can drift."""
+    from ds4d_cli.stages import export, fit, generate, preprocess
+    from ds4d_cli.workspace import StageResult, Workspace
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not decoded here")
+    seen: dict[str, list] = {}
+
+    def fake(stage):
+        def run(workspace, opts, force=False):
+            seen.setdefault(stage, []).append(opts)
+            if stage == "preprocess":
+                Workspace.create(workspace, clip)
+            return StageResult(stage, False, {"outputs": []}, tmp_path)
+        return run
+
+    for module, name in ((preprocess, "preprocess"), (generate, "generate"), (fit, "fit"), (export, "export")):
+        monkeypatch.setattr(module, "run", fake(name))
+    with pytest.raises(SystemExit) as exc:
+        main(["-w", str(tmp_path / "ws"), "run", str(clip)])
+    assert exc.value.code == 0, capsys.readouterr().err
+    assert seen["preprocess"] == [PreprocessOptions(source=str(clip))]
+    assert seen["generate"] == [GenerateOptions()]
+    assert seen["fit"] == [FitOptions()]
+    assert seen["export"] == [ExportOptions(format="ply"), ExportOptions(format="mp4")]
