@@ -122,7 +122,7 @@ class DinoEncoder(nn.Module):
 ENCODERS = ("image", "conv")
 
 
-def build_encoder(backbone: nn.Module | None, out_dim: int = 16, kind: str = "image") -> nn.Module:
+def build_encoder(backbone: nn.Module | None, out_dim: int = 16, kind: str = "conv") -> nn.Module:
     """The frozen DINOv2 ``backbone`` when one is given; else ``kind``: the fixed multi-scale image
     features ("image") or the jointly-trained conv encoder ("conv")."""
     if backbone is not None:
