@@ -90,7 +90,7 @@ def write_glb(path: Path, mesh: AnimatedMesh, frame_indices: list[int]) -> dict[
         extensionsUsed=["KHR_materials_unlit"],
         animations=[g.Animation(
             name="clip",
-            samplers=[g.AnimationSampler(input=t_in, output=w_out, interpolation=g.LINEAR)],
+            samplers=[g.AnimationSampler(input=t_in, output=w_out, interpolation="LINEAR")],
             channels=[g.AnimationChannel(sampler=0, target=g.AnimationChannelTarget(node=0, path="weights"))])],
         accessors=accessors,
         bufferViews=views,
