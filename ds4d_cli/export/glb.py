@@ -99,6 +99,7 @@ def write_glb(path: Path, mesh: AnimatedMesh, frame_indices: list[int]) -> dict[
     gltf.set_binary_blob(bytes(blob))
     with atomic_path(path) as tmp:
         gltf.save_binary(str(tmp))
+        Path(tmp).chmod(0o644)  # a file to share: readable like any other download
     return {"vertices": int(len(positions)), "faces": int(len(mesh.faces)), "morph_targets": count,
             "bytes": int(Path(path).stat().st_size)}
 
@@ -120,5 +121,6 @@ def write_obj_sequence(out_dir: Path, mesh: AnimatedMesh, frame_indices: list[in
                 f"o ds4d_object\n{vert_lines}\n{normal_lines}\n{face_lines}\n")
         with atomic_path(out_dir / name) as tmp:
             Path(tmp).write_text(text)
+            Path(tmp).chmod(0o644)
         names.append(name)
     return names
