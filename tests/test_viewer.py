@@ -208,3 +208,17 @@ def test_exported_page_plays_from_disk(page_ws, browser, tmp_path: Path) -> None
     folder = index.parent.as_uri() + "/"
     report = drive(index.as_uri() + QUERY, tmp_path)
     check_viewer(report, tmp_path, ws, (folder,))
+
+
+def test_view_and_new_export_formats_have_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from ds4d_cli.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["view", "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "--port" in out and "--host" in out
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    out = capsys.readouterr().out
+    for word in ("html", "glb", "obj", "--mesh-resolution", "--iso"):
+        assert word in out

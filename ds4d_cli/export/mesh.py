@@ -66,17 +66,21 @@ def _covariances(frame: SplatFrame, min_sigma: float) -> tuple[np.ndarray, np.nd
 
 
 def density_grid(frame: SplatFrame, resolution: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """The density field on a ``resolution``-cube grid: (values [R,R,R], origin [3], voxel size)."""
+    """The density field on a ``resolution``-cube grid: (values [R,R,R], origin [3], voxel size).
+
+    The grid spans the Gaussians' 3-sigma extents from the 0.5th to the 99.5th percentile on each
+    axis, so one huge stray Gaussian cannot shrink the object to a few cells; what lies outside is
+    cut off (the caller pads the grid, so the surface still closes).
+    """
     means = frame.means.double().numpy()
     opac = torch.sigmoid(frame.opacity_logits.double()).numpy()
-    sig_raw = torch.exp(frame.log_scales.double()).numpy()
-    reach = EXTENT_SIGMAS * sig_raw.max(axis=1)
-    lo = (means - reach[:, None]).min(axis=0)
-    hi = (means + reach[:, None]).max(axis=0)
-    voxel = float((hi - lo).max()) / (resolution - 3)
-    origin = lo - voxel  # one empty voxel of margin on each side closes the surface
+    reach = EXTENT_SIGMAS * torch.exp(frame.log_scales.double()).numpy().max(axis=1)
+    lo = np.percentile(means - reach[:, None], 0.5, axis=0)
+    hi = np.percentile(means + reach[:, None], 99.5, axis=0)
+    voxel = float((hi - lo).max()) / (resolution - 1)
+    origin = lo
     inv, sig = _covariances(frame, MIN_SIGMA_VOXELS * voxel)
-    grid = np.zeros((resolution,) * 3, dtype=np.float64)
+    flat = np.zeros(resolution ** 3, dtype=np.float64)
     centre = np.round((means - origin) / voxel).astype(np.int64)
     radius = np.ceil(EXTENT_SIGMAS * sig.max(axis=1) / voxel).astype(np.int64).clip(1, resolution)
     for r in np.unique(radius):  # Gaussians of one stencil size at a time, vectorised
@@ -89,11 +93,12 @@ def density_grid(frame: SplatFrame, resolution: int) -> tuple[np.ndarray, np.nda
             cells = centre[sel, None, :] + stencil[None]  # [n,S,3]
             d = origin + cells * voxel - means[sel, None, :]
             m = np.einsum("nsi,nij,nsj->ns", d, inv[sel], d)
-            val = opac[sel, None] * np.exp(-0.5 * m)
             ok = ((cells >= 0) & (cells < resolution)).all(-1) & (m < EXTENT_SIGMAS ** 2)
             c = cells[ok]
-            np.add.at(grid, (c[:, 0], c[:, 1], c[:, 2]), val[ok])
-    return grid, origin, voxel
+            val = (opac[sel, None] * np.exp(-0.5 * m))[ok]
+            flat += np.bincount((c[:, 0] * resolution + c[:, 1]) * resolution + c[:, 2], weights=val,
+                                minlength=resolution ** 3)
+    return flat.reshape((resolution,) * 3), origin, voxel
 
 
 def _drop_small_blobs(grid: np.ndarray, level: float) -> np.ndarray:
@@ -119,8 +124,9 @@ def extract_surface(frame: SplatFrame, resolution: int = 96, level: float = 0.5)
     grid = _drop_small_blobs(grid, level)
     if grid.max() <= level:
         raise ValueError("the Gaussians are too faint or too sparse to form a surface at this level")
+    grid = np.pad(grid, 1)  # an empty shell of cells: the surface closes even where the grid cut it
     verts, faces, normals, _ = measure.marching_cubes(grid, level=level, spacing=(voxel,) * 3)
-    verts = verts + origin
+    verts = verts + origin - voxel
     faces = faces.astype(np.int64)
     # Orient faces counter-clockwise seen from outside, as glTF expects: skimage's normals point
     # down the density gradient (outwards); flip the winding if the triangles disagree with them.
