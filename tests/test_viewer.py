@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import stat
 import subprocess
@@ -184,21 +185,26 @@ def check_viewer(report: dict, out_dir: Path, ws, allowed: tuple[str, ...]) -> N
 @pytest.mark.slow
 def test_ds4d_view_serves_a_page_that_plays_the_fit(page_ws, browser, tmp_path: Path) -> None:
     ws, _ = page_ws
+    log = (tmp_path / "view.log").open("w")  # not a pipe: a chatty stderr must never block the server
     proc = subprocess.Popen([sys.executable, "-m", "ds4d_cli.cli", "-w", str(ws.root), "view", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         line = ""
         deadline = time.monotonic() + 120
-        while "ds4d viewer:" not in line and time.monotonic() < deadline:
+        while "ds4d viewer:" not in line:
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                pytest.fail("ds4d view printed no URL within 120 s")
             line = proc.stdout.readline()
             if not line and proc.poll() is not None:
-                pytest.fail(f"ds4d view exited: {proc.stderr.read()}")
+                pytest.fail(f"ds4d view exited: {(tmp_path / 'view.log').read_text()}")
         url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
         report = drive(url + QUERY, tmp_path)
         check_viewer(report, tmp_path, ws, (url,))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
 
 
 @pytest.mark.slow

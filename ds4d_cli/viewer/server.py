@@ -76,5 +76,7 @@ def run(ws: Any, opts: ViewOptions, on_ready: Optional[Callable[[str], None]] = 
         if on_ready is not None:
             on_ready(url_of(server))
         server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:  # Ctrl-C is how a user stops the viewer: not an interruption of work
+        pass
     finally:
         server.server_close()
