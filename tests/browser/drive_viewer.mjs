@@ -62,16 +62,25 @@ try {
   await settle();
   await canvas.screenshot({ path: path.join(outDir, "scrubbed.png") });
 
-  // Play: the frame must advance on its own; then pause: it must stay put.
+  // Play: the frame must advance on its own (however slowly this machine renders); then pause:
+  // it must stay put while the page keeps rendering.
   await page.locator("#play").click();
   report.playingAfterClick = await page.evaluate(() => window.ds4d.playing);
-  const seen = [];
-  for (let i = 0; i < 15; i++) { seen.push(await frameShown()); await sleep(100); }
+  const before = await frameShown();
+  const seen = [before];
+  for (let i = 0; i < 2; i++) {
+    const last = seen[seen.length - 1];
+    await page.waitForFunction((f) => Number(document.body.dataset.frame) !== f, last, { timeout: 60000 });
+    seen.push(await frameShown());
+  }
   report.framesWhilePlaying = seen;
   await page.locator("#play").click();
   report.playingAfterSecondClick = await page.evaluate(() => window.ds4d.playing);
-  const paused = [];
-  for (let i = 0; i < 8; i++) { paused.push(await frameShown()); await sleep(100); }
+  const paused = [await frameShown()];
+  const r0 = await renders();
+  await page.waitForFunction((n) => window.ds4d.renders >= n, r0 + 4, { timeout: 60000 });
+  await sleep(500);
+  paused.push(await frameShown());
   report.framesWhilePaused = paused;
 
   // Speed: choose 2x in the menu.
