@@ -32,6 +32,9 @@ from ds4d_cli.export.spz import encode_spz, to_spz_axes
 from ds4d_cli.fsutil import atomic_path
 from ds4d_cli.viewer.assets import copy_web_files
 
+#: Bumped when the page's data (scene.js, frame files) changes form (cached pages are then redone;
+#: changes to the web files themselves are caught by their digest).
+PAGE_VERSION = 1
 #: Playback rate when the clip's duration is unknown.
 FALLBACK_FPS = 12.0
 

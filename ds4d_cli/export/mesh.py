@@ -29,6 +29,8 @@ import torch
 from ds4d_cli.export.axes import quat_to_rotmat
 from ds4d_cli.export.splats import SplatFrame
 
+#: Bumped when the extraction changes its result (cached glb/obj exports are then redone).
+MESH_VERSION = 1
 #: Floor on every Gaussian's standard deviation, in voxels (keeps sub-voxel sheets in the field).
 MIN_SIGMA_VOXELS = 0.75
 #: The density field is evaluated out to this many standard deviations of each Gaussian.

@@ -102,11 +102,6 @@ def _clip_fps(ws: Workspace, num_frames: int) -> float:
     return DEFAULT_FPS
 
 
-def _optional_digest(ws: Workspace, stage: str) -> Optional[str]:
-    """The stage's manifest digest, or None when it has not run (the export then does without it)."""
-    return ws.manifest_digest(stage)
-
-
 def _clip_duration(ws: Workspace) -> Optional[float]:
     """The clip's duration in seconds from preprocess/meta.json, or None when unknown."""
     try:
@@ -140,12 +135,16 @@ def _stage_options(opts: ExportOptions) -> dict[str, Any]:
     if opts.format == "ply":
         return {**base, "min_opacity": opts.min_opacity}
     if opts.format == "html":
+        from ds4d_cli.export.html import PAGE_VERSION
         from ds4d_cli.viewer.assets import web_digest
 
-        return {**base, "min_opacity": opts.min_opacity, "background": opts.background, "viewer": web_digest()}
+        return {**base, "min_opacity": opts.min_opacity, "background": opts.background, "viewer": web_digest(),
+                "page_version": PAGE_VERSION}
     if opts.format in ("glb", "obj"):
+        from ds4d_cli.export.mesh import MESH_VERSION
+
         return {**base, "min_opacity": opts.min_opacity, "mesh_resolution": int(opts.mesh_resolution),
-                "mesh_frame": opts.mesh_frame, "iso": float(opts.iso)}
+                "mesh_frame": opts.mesh_frame, "iso": float(opts.iso), "mesh_version": MESH_VERSION}
     common = {**base, "fps": opts.fps, "size": int(opts.size), "background": opts.background}
     if opts.format == "mp4":
         return {**common, "orbits": opts.orbits, "elevation": opts.elevation}
@@ -163,8 +162,8 @@ def run(ws: Workspace, opts: ExportOptions, force: bool = False, model: Any = No
     if opts.format == "grid":
         inputs["preprocess"] = ws.upstream_digest("preprocess")
     if opts.format in ("html", "glb", "obj"):  # the page shows the input clip; all use its duration
-        inputs["preprocess"] = _optional_digest(ws, "preprocess")
-        inputs["generate"] = _optional_digest(ws, "generate")  # the input camera
+        inputs["preprocess"] = ws.manifest_digest("preprocess")  # None when absent: done without it
+        inputs["generate"] = ws.manifest_digest("generate")  # the input camera
 
     def body(out_dir: Path) -> dict[str, Any]:
         m = model if model is not None else load_model(ws)
