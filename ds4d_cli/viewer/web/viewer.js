@@ -104,8 +104,17 @@
     renders: 0,
   };
   const meshes = new Array(numFrames).fill(null);
-  const fps = scene.fps;
-  state.clock = (state.frame + 0.5) / fps;
+  // Playback runs on the clip's own clock: frame i shows from its time until the next frame's
+  // (a --frames subset keeps its real timing); the loop lasts the clip plus one frame.
+  const times = scene.frames.map((f) => f.seconds - scene.frames[0].seconds);
+  const period = times[numFrames - 1] + 1 / scene.fps;
+  const clockAt = (index) => times[index] + 1e-6;
+  function frameAt(clock) {
+    let index = 0;
+    while (index + 1 < numFrames && times[index + 1] <= clock) index += 1;
+    return index;
+  }
+  state.clock = clockAt(state.frame);
 
   const playButton = $("play"), scrub = $("scrub"), speedSelect = $("speed"), counter = $("counter");
   const inputImage = $("input-frame");
@@ -138,7 +147,7 @@
   playButton.addEventListener("click", () => setPlaying(!state.playing));
   scrub.addEventListener("input", () => {
     const index = Number(scrub.value);
-    state.clock = (index + 0.5) / fps;
+    state.clock = clockAt(index);
     showFrame(index);
   });
   speedSelect.addEventListener("change", () => { state.speed = Number(speedSelect.value); });
@@ -149,7 +158,7 @@
     if (step) {
       setPlaying(false);
       const index = (state.frame + step + numFrames) % numFrames;
-      state.clock = (index + 0.5) / fps;
+      state.clock = clockAt(index);
       showFrame(index);
     }
   });
@@ -207,8 +216,8 @@
     const dt = last === null ? 0 : Math.min(0.25, (now - last) / 1000);
     last = now;
     if (state.ready && state.playing) {
-      state.clock = (state.clock + dt * state.speed) % (numFrames / fps);
-      const index = Math.min(numFrames - 1, Math.floor(state.clock * fps));
+      state.clock = (state.clock + dt * state.speed) % period;
+      const index = frameAt(state.clock);
       if (index !== state.frame) showFrame(index);
     }
     controls.update();
