@@ -7,10 +7,14 @@ PYTHON ?= python3
 export U2NET_HOME ?= $(HOME)/.u2net
 U2NETP_MD5 := 8e83ca70e441ab06c318d82300c84806
 DEMO_WS ?= demo_workspace
+NPM ?= npm
+VIEWER_JS := ds4d_cli/viewer/web/vendor/ds4d-lib.js
+CHROMIUM ?= /usr/bin/chromium
+export DS4D_CHROMIUM ?= $(CHROMIUM)
 
-.PHONY: setup demo test test-fast bench weights clean
+.PHONY: setup demo test test-fast bench weights clean viewer-js browser
 
-setup: $(VENV)/.installed weights  ## venv + exact pins + offline segmentation weights
+setup: $(VENV)/.installed weights viewer-js  ## venv + exact pins + offline segmentation weights + the viewer's JS
 	$(PY) -m ds4d_cli.render.build || echo "note: CPU rasterizer extension not built; the pure-torch path will be used"
 
 $(VENV)/.installed: pyproject.toml
@@ -30,13 +34,39 @@ $(U2NET_HOME)/u2netp.onnx:
 	  echo "$(U2NETP_MD5)  $@.tmp" | md5sum --check --status && mv $@.tmp $@ && rm -rf $$tmp && \
 	  echo "u2netp weights installed in $(U2NET_HOME)" || { rm -f $@.tmp; echo "error: could not fetch u2netp weights"; exit 1; }
 
+# The viewer's JavaScript: the npm packages pinned in package-lock.json (three.js, Spark; the test
+# tools playwright-core and gltf-validator), three.js + Spark bundled into the package by esbuild.
+NODE_STAMP := node_modules/.package-lock.json
+viewer-js: $(VIEWER_JS)
+$(NODE_STAMP): package-lock.json
+	@command -v $(NPM) >/dev/null || { echo "error: npm not found: the viewer needs Node.js 18+ and npm (e.g. apt-get install nodejs npm)"; exit 1; }
+	$(NPM) ci --no-audit --no-fund --loglevel=error
+	@touch $@
+$(VIEWER_JS): $(NODE_STAMP) ds4d_cli/viewer/lib_entry.js
+	$(NPM) run --silent build:viewer
+	@test -s $@ && echo "viewer JS bundled: $@"
+
+# Debian's chromium for the browser tests (never a browser download of a test tool's own).
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } && test -x "$(CHROMIUM)"; \
+	else echo "error: the browser tests need Chromium at $(CHROMIUM): run 'sudo apt-get install chromium' (Debian/Ubuntu), or set CHROMIUM=/path/to/chromium"; exit 1; fi
+
 demo: setup  ## fit the bundled windmill clip on CPU; leaves PLYs and a turntable MP4
 	rm -rf $(DEMO_WS)
 	$(DS4D) -w $(DEMO_WS) run assets/windmill/input.mp4 --prior import assets/windmill --views az090,az270 \
 	  --frames 12 --size 128 --segmenter static-bg --background-plate assets/windmill/background.png
 	$(DS4D) -w $(DEMO_WS) eval --gt assets/windmill --views input,az090,az270,az180,az045_el30
+	$(DS4D) -w $(DEMO_WS) export --format html
+	$(DS4D) -w $(DEMO_WS) export --format glb
+	@echo "== watch it move: $(DS4D) -w $(DEMO_WS) view   (then open the URL it prints)"
+	@echo "   exported: $(DEMO_WS)/export/ply/ (per-frame splats)  $(DEMO_WS)/export/mp4/turntable.mp4"
+	@echo "             $(DEMO_WS)/export/html/index.html (open from disk, no Python)  $(DEMO_WS)/export/glb/animated.glb (Blender, three.js)"
 
-test: setup  ## the whole suite, slow end-to-end tests included
+test: setup browser  ## the whole suite, slow end-to-end and browser tests included
 	$(PY) -m pytest -q tests
 
 test-fast: setup
@@ -46,4 +76,4 @@ bench: setup  ## speed/memory table (CPU rasterizer vs dense reference, fit it/s
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_WS) build *.egg-info
+	rm -rf $(VENV) $(DEMO_WS) build *.egg-info node_modules $(dir $(VIEWER_JS))

@@ -2,7 +2,8 @@
 
 1. the CPU rasterizer against the dense torch reference (bench_render.py);
 2. fit seconds per step with DS4D's modules against the plain path (--no-dsfd --no-tssf);
-3. end-to-end wall time and peak memory of the bundled demo, and of its all-cached rerun.
+3. end-to-end wall time and peak memory of the bundled demo, and of its all-cached rerun;
+4. the viewer page: MB per frame, load time, frame rate and fidelity in Chromium (bench_viewer.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_demo  # noqa: E402
 import bench_render  # noqa: E402
+import bench_viewer  # noqa: E402
 
 
 def main() -> int:
@@ -44,6 +46,9 @@ def main() -> int:
                   f"{demo['wall_s'] / demo['cached_rerun_s']:.0f}x faster")
     table.add_row("demo peak RSS", f"{demo['peak_rss_mb']:.0f} MB", "")
     console.print(table)
+
+    console.print("[dim]viewer: the exported page in headless Chromium (SwiftShader), 5k and 50k Gaussians[/dim]")
+    console.print(bench_viewer.render_table(bench_viewer.run()))
 
     targets.append(("demo finishes in minutes (<= 10 min)", demo["wall_s"] <= 600, f"{demo['wall_s']:.0f} s"))
     summary = Table(title="targets")

@@ -170,6 +170,9 @@ class ExportFormat(str, Enum):
     ply = "ply"
     mp4 = "mp4"
     grid = "grid"
+    html = "html"
+    glb = "glb"
+    obj = "obj"
 
 
 class Backend(str, Enum):
@@ -355,25 +358,47 @@ def fit(
 def export(
     ctx: typer.Context,
     fmt: ExportFormat = typer.Option(ExportFormat.ply, "--format", "-f", help="ply: one 3DGS file per frame; "
-                                     "mp4: turntable video; grid: input beside front/side/back renders."),
+                                     "mp4: turntable video; grid: input beside front/side/back renders; "
+                                     "html: a static page that plays the 4D splats; glb: an animated mesh "
+                                     "(morph targets); obj: one mesh per frame."),
     frames: Optional[str] = typer.Option(None, "--frames", help="Subset of frames, e.g. 0,5,10 or 0-11 (default all)."),
     orbits: float = typer.Option(1.0, "--orbits", help="mp4: camera orbits over the clip."),
     elevation: float = typer.Option(15.0, "--elevation", help="mp4: camera elevation in degrees."),
     fps: Optional[float] = typer.Option(None, "--fps", help="mp4/grid: frame rate (default: the clip's, at least 12)."),
     size: int = typer.Option(256, "--size", help="mp4/grid: render size in pixels."),
-    background: str = typer.Option("white", "--background", help="mp4/grid: white, black or a #rrggbb colour."),
+    background: str = typer.Option("white", "--background", help="mp4/grid/html: white, black or a #rrggbb colour."),
+    mesh_resolution: int = typer.Option(96, "--mesh-resolution", help="glb/obj: density grid cells along the object's longest side."),
+    mesh_frame: Optional[int] = typer.Option(None, "--mesh-frame", help="glb/obj: frame whose surface is extracted (default: the middle one)."),
+    iso: float = typer.Option(0.5, "--iso", help="glb/obj: density level of the surface (lower = fatter)."),
     force: bool = _FORCE,
 ) -> None:
-    """Write the fitted 4D asset: per-frame PLYs for splat viewers, a turntable MP4 or a comparison grid."""
+    """Write the fitted 4D asset: per-frame PLYs, a turntable MP4, a grid, a viewer page or an animated mesh."""
     from ds4d_cli.pipeline import ensure_upstream
 
     ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import export as stage
 
     opts = _export_options(fmt, frames=frames, orbits=orbits, elevation=elevation, fps=fps, size=size,
-                           background=background)
+                           background=background, mesh_resolution=mesh_resolution, mesh_frame=mesh_frame, iso=iso)
     ensure_upstream(ws, f"export/{opts.format}")
     stage.run(ws, opts, force=force)
+
+
+@app.command()
+def view(
+    ctx: typer.Context,
+    port: int = typer.Option(8000, "--port", help="Port to listen on (0 = any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; keep 127.0.0.1 and use an SSH tunnel for remote machines."),
+    background: str = typer.Option("white", "--background", help="Page background: white, black or a #rrggbb colour."),
+) -> None:
+    """Play the fitted 4D asset in your browser: exports the viewer page if needed and serves it locally."""
+    ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
+    from ds4d_cli.viewer import server
+
+    def ready(url: str) -> None:
+        typer.echo(f"ds4d viewer: {url}  (open it in a browser; Ctrl-C stops)")
+
+    server.run(ws, server.ViewOptions(host=host, port=port, background=background), on_ready=ready)
 
 
 @app.command("eval")

@@ -41,6 +41,9 @@ STAGES: dict[str, tuple[str, ...]] = {
     "export/ply": ("fit",),
     "export/mp4": ("fit",),
     "export/grid": ("preprocess", "fit"),
+    "export/html": ("preprocess", "generate", "fit"),
+    "export/glb": ("preprocess", "generate", "fit"),
+    "export/obj": ("preprocess", "generate", "fit"),
 }
 
 #: The command a user types to produce each stage (used in hints).
@@ -51,6 +54,9 @@ STAGE_COMMANDS: dict[str, str] = {
     "export/ply": "ds4d export --format ply",
     "export/mp4": "ds4d export --format mp4",
     "export/grid": "ds4d export --format grid",
+    "export/html": "ds4d export --format html",
+    "export/glb": "ds4d export --format glb",
+    "export/obj": "ds4d export --format obj",
 }
 
 

@@ -116,3 +116,17 @@ def to_viewer_axes(frame: SplatFrame) -> SplatFrame:
     """Rotate a frame from the ds4d world (Z up) to the viewer convention (-Y up); see ``axes``."""
     means, quats, shN = rotate_gaussians(frame.means, frame.quats, frame.shN)
     return replace(frame, means=means, quats=quats, shN=shN)
+
+
+def visible_in_all(frames: list[SplatFrame], min_opacity: float = 1.0 / 255.0) -> Tensor:
+    """The Gaussians :func:`clean` keeps in *every* frame, as a mask: a mesh animated over the
+    clip needs one fixed set of Gaussians (the deformation moves them, never adds or removes)."""
+    keep = torch.ones(len(frames[0]), dtype=torch.bool)
+    for frame in frames:
+        n = len(frame)
+        for name in _FIELDS:
+            v = getattr(frame, name)
+            if v.numel():
+                keep &= torch.isfinite(v.reshape(n, -1)).all(dim=1)
+        keep &= torch.nan_to_num(frame.opacities, nan=0.0) >= min_opacity
+    return keep

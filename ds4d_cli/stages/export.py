@@ -1,6 +1,7 @@
-"""``ds4d export``: per-frame PLYs, a turntable MP4 or a comparison grid from the fitted model.
+"""``ds4d export``: per-frame PLYs, a turntable MP4, a comparison grid, the static viewer page
+(html) or an animated mesh (glb, obj) from the fitted model.
 
-Each format is its own cached sub-stage (``export/ply``, ``export/mp4``, ``export/grid``) whose
+Each format is its own cached sub-stage (``export/ply``, ``export/mp4``, ``export/html`` ...) whose
 manifest holds only the options that format uses, so re-rendering the video at another size
 does not invalidate the PLYs.
 """
@@ -18,7 +19,7 @@ from ds4d_cli.fsutil import atomic_path, read_json, write_json_atomic
 from ds4d_cli.report import progress as progress_bar
 from ds4d_cli.workspace import StageResult, Workspace, run_stage
 
-FORMATS = ("ply", "mp4", "grid")
+FORMATS = ("ply", "mp4", "grid", "html", "glb", "obj")
 VERSION = 2
 #: Frames shown in grid.png when no --frames subset is given (evenly spaced over the clip).
 GRID_PNG_ROWS = 6
@@ -36,7 +37,10 @@ class ExportOptions:
     fps: Optional[float] = None  # mp4/grid: None = the clip's own frame rate
     size: int = 256  # mp4/grid: render side in pixels
     background: str = "white"  # mp4/grid: white | black | gray | #rrggbb
-    min_opacity: float = 1.0 / 255.0  # ply: Gaussians fainter than this are dropped
+    min_opacity: float = 1.0 / 255.0  # ply/html/glb/obj: Gaussians fainter than this are dropped
+    mesh_resolution: int = 96  # glb/obj: density grid cells along the longest side
+    mesh_frame: Optional[int] = None  # glb/obj: frame whose surface is extracted (None = middle)
+    iso: float = 0.5  # glb/obj: density level of the surface
 
 
 def parse_frames(spec: Optional[str], num_frames: int) -> list[int]:
@@ -88,9 +92,23 @@ def _clip_fps(ws: Workspace, num_frames: int) -> float:
     return DEFAULT_FPS
 
 
+def _clip_duration(ws: Workspace) -> Optional[float]:
+    """The clip's duration in seconds from preprocess/meta.json, or None when unknown."""
+    try:
+        duration = float(read_json(ws.stage_dir("preprocess") / "meta.json")["duration_s"])
+        return duration if duration > 0 else None
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _check(opts: ExportOptions) -> None:
     if opts.format not in FORMATS:
-        raise Ds4dError(f"unknown export format {opts.format!r}", hint="use --format ply, mp4 or grid")
+        raise Ds4dError(f"unknown export format {opts.format!r}", hint=f"use --format {', '.join(FORMATS)}")
+    if opts.format in ("glb", "obj"):
+        if not 16 <= int(opts.mesh_resolution) <= 512:
+            raise Ds4dError(f"--mesh-resolution {opts.mesh_resolution} is out of range", hint="use 16 to 512 (96 is the default)")
+        if not 0 < float(opts.iso) < 100:
+            raise Ds4dError(f"--iso {opts.iso} is out of range", hint="use a density level such as 0.5")
     if opts.format != "ply":
         if not 16 <= int(opts.size) <= 4096:
             raise Ds4dError(f"--size {opts.size} is out of range", hint="use a size between 16 and 4096 pixels")
@@ -106,6 +124,17 @@ def _stage_options(opts: ExportOptions) -> dict[str, Any]:
     base: dict[str, Any] = {"frames": opts.frames}
     if opts.format == "ply":
         return {**base, "min_opacity": opts.min_opacity}
+    if opts.format == "html":
+        from ds4d_cli.export.html import PAGE_VERSION
+        from ds4d_cli.viewer.assets import web_digest
+
+        return {**base, "min_opacity": opts.min_opacity, "background": opts.background, "viewer": web_digest(),
+                "page_version": PAGE_VERSION}
+    if opts.format in ("glb", "obj"):
+        from ds4d_cli.export.mesh import MESH_VERSION
+
+        return {**base, "min_opacity": opts.min_opacity, "mesh_resolution": int(opts.mesh_resolution),
+                "mesh_frame": opts.mesh_frame, "iso": float(opts.iso), "mesh_version": MESH_VERSION}
     common = {**base, "fps": opts.fps, "size": int(opts.size), "background": opts.background}
     if opts.format == "mp4":
         return {**common, "orbits": opts.orbits, "elevation": opts.elevation}
@@ -122,6 +151,9 @@ def run(ws: Workspace, opts: ExportOptions, force: bool = False, model: Any = No
     inputs = {"fit": ws.upstream_digest("fit")}
     if opts.format == "grid":
         inputs["preprocess"] = ws.upstream_digest("preprocess")
+    if opts.format in ("html", "glb", "obj"):  # the page shows the input clip; all use its duration
+        inputs["preprocess"] = ws.manifest_digest("preprocess")  # None when absent: done without it
+        inputs["generate"] = ws.manifest_digest("generate")  # the input camera
 
     def body(out_dir: Path) -> dict[str, Any]:
         from ds4d_cli.fitted import load_fitted
@@ -132,6 +164,10 @@ def run(ws: Workspace, opts: ExportOptions, force: bool = False, model: Any = No
             return _export_ply(ws, m, frames, opts, out_dir)
         if opts.format == "mp4":
             return _export_mp4(ws, m, frames, opts, out_dir)
+        if opts.format == "html":
+            return _export_html(ws, m, frames, opts, out_dir)
+        if opts.format in ("glb", "obj"):
+            return _export_mesh(ws, m, frames, opts, out_dir)
         return _export_grid(ws, m, frames, opts, out_dir)
 
     return run_stage(ws, stage, options=_stage_options(opts), inputs=inputs, version=VERSION, body=body, force=force)
@@ -235,3 +271,50 @@ def _export_grid(ws: Workspace, model: Any, frames: list[int], opts: ExportOptio
         Image.fromarray(sheet).save(tmp)
     return {"outputs": [str(png_path), str(mp4_path)], "frames": len(frames), "sheet_frames": sheet_frames,
             "size": size, "fps": fps}
+
+
+def _export_html(ws: Workspace, model: Any, frames: list[int], opts: ExportOptions, out_dir: Path) -> dict[str, Any]:
+    from ds4d_cli.export.html import write_page
+    from ds4d_cli.export.views import parse_background
+
+    bg = "#%02x%02x%02x" % tuple(round(255 * c) for c in parse_background(opts.background))
+    with progress_bar("Exporting viewer page", total=len(frames), fields=("gaussians",)) as bar:
+        return write_page(out_dir, model, frames, cameras=_cameras_json(ws), input_dir=ws.stage_dir("preprocess") / "frames",
+                          duration_s=_clip_duration(ws), background=bg, min_opacity=opts.min_opacity,
+                          progress=lambda n: bar.advance(1, gaussians=n))
+
+
+def _export_mesh(ws: Workspace, model: Any, frames: list[int], opts: ExportOptions, out_dir: Path) -> dict[str, Any]:
+    from ds4d_cli.export.glb import write_glb, write_obj_sequence
+    from ds4d_cli.export.html import FALLBACK_FPS, frame_seconds
+    from ds4d_cli.export.mesh import animated_mesh
+    from ds4d_cli.export.splats import splat_frame_from, visible_in_all
+
+    if opts.mesh_frame is not None and opts.mesh_frame not in frames:
+        raise Ds4dError(f"--mesh-frame {opts.mesh_frame} is not among the exported frames",
+                        hint=f"choose one of {frames[0]}..{frames[-1]} (or leave it out for the middle frame)")
+    reference = frames.index(opts.mesh_frame) if opts.mesh_frame is not None else len(frames) // 2
+    with progress_bar("Reading frames", total=len(frames)) as bar:
+        splats = []
+        for i in frames:
+            splats.append(splat_frame_from(model.gaussians_at(i)))
+            bar.advance(1)
+    keep = visible_in_all(splats, opts.min_opacity)  # one set of Gaussians for every frame
+    splats = [f.select(keep) for f in splats]
+    duration = _clip_duration(ws)
+    fps = int(model.num_frames) / duration if duration else FALLBACK_FPS
+    times = frame_seconds(getattr(model, "frame_times", None), frames, duration, fps)
+    times = [t - times[0] for t in times]  # the animation starts at 0 s
+    try:
+        mesh = animated_mesh(splats, times, reference, int(opts.mesh_resolution), float(opts.iso))
+    except ValueError as exc:
+        raise Ds4dError(f"no surface could be extracted: {exc}", hint="lower --iso (e.g. 0.2) or raise --mesh-resolution") from None
+    summary: dict[str, Any] = {"frames": len(frames), "mesh_frame": frames[reference], "vertices": int(len(mesh.vertices)),
+                               "faces": int(len(mesh.faces)), "max_motion": round(float(np.abs(mesh.offsets).max()), 4),
+                               "seconds": round(float(times[-1]), 3)}
+    if opts.format == "glb":
+        path = out_dir / "animated.glb"
+        written = write_glb(path, mesh, frames)
+        return {"outputs": [str(path)], **summary, "mb": round(written["bytes"] / 1e6, 3)}
+    names = write_obj_sequence(out_dir, mesh, frames)
+    return {"outputs": [str(out_dir)], "files": names, **summary}
