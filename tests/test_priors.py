@@ -124,16 +124,25 @@ def test_reference_noise_matches_euler_add_noise_and_scaling() -> None:
 
 
 def test_image_preprocessing_matches_clip_image_processor(cond_image: Image.Image) -> None:
+    """Equal to transformers' processor to float rounding, on non-square inputs whose resized long
+    edge has a fractional part >= 0.5 (transformers truncates it; rounding shifted the crop)."""
     from transformers import CLIPImageProcessorPil
 
-    rgb = cond_image.convert("RGB").resize((200, 150))
-    for proc in (CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}),
-                 CLIPImageProcessorPil(size={"shortest_edge": 96}, crop_size={"height": 96, "width": 96},
-                                       image_mean=0.5, image_std=0.8, resample=2)):
-        ref = proc(images=rgb, return_tensors="pt").pixel_values
-        ours = preprocess_like(proc, rgb)
-        assert ours.shape == ref.shape
-        assert (ours - ref).abs().mean() < 0.02  # resampling details differ by a few grey levels at most
+    procs = (CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}),
+             CLIPImageProcessorPil(size={"shortest_edge": 96}, crop_size={"height": 96, "width": 96},
+                                   image_mean=0.5, image_std=0.8, resample=2))
+    rounded_up = 0
+    for w, h in ((200, 150), (150, 200), (301, 227), (97, 65), (640, 479)):
+        rgb = cond_image.convert("RGB").resize((w, h))
+        for proc in procs:
+            short = proc.size.shortest_edge
+            exact = short * max(w, h) / min(w, h)
+            rounded_up += round(exact) > int(exact)
+            ref = proc(images=rgb, return_tensors="pt").pixel_values
+            ours = preprocess_like(proc, rgb)
+            assert ours.shape == ref.shape
+            assert (ours - ref).abs().max() < 1e-5, (w, h, short)
+    assert rounded_up >= 3, "the sizes must include long edges that rounding and truncation disagree on"
 
 
 # -- the pipeline, end to end ----------------------------------------------------------------------

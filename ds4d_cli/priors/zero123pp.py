@@ -92,8 +92,11 @@ def preprocess_like(processor: Any, image: Image.Image) -> torch.Tensor:
     short = _edge(getattr(processor, "size", None), "shortest_edge") or _edge(getattr(processor, "size", None), "height")
     if short and getattr(processor, "do_resize", True):
         w, h = img.size
-        scale = short / min(w, h)
-        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        # transformers' get_resize_output_image_size: the short edge becomes `short` and the long
+        # one int(short * long / short_edge), truncated (rounding was one pixel off, then the crop
+        # shifted by half a pixel)
+        long_edge = int(short * max(w, h) / min(w, h))
+        new = (short, long_edge) if w <= h else (long_edge, short)
         resample = getattr(processor, "resample", Image.Resampling.BICUBIC)
         img = img.resize(new, resample=Image.Resampling(int(resample)) if resample is not None else Image.Resampling.BICUBIC)
     crop = getattr(processor, "crop_size", None)
