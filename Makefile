@@ -12,7 +12,7 @@ VIEWER_JS := ds4d_cli/viewer/web/vendor/ds4d-lib.js
 CHROMIUM ?= /usr/bin/chromium
 export DS4D_CHROMIUM ?= $(CHROMIUM)
 
-.PHONY: setup demo test test-fast bench weights clean viewer-js browser
+.PHONY: setup demo test test-fast bench weights clean viewer-js browser gpu-wheels gpu-check-data gpu-check gpu-check-dry
 
 setup: $(VENV)/.installed weights viewer-js  ## venv + exact pins + offline segmentation weights + the viewer's JS
 	$(PY) -m ds4d_cli.render.build || echo "note: CPU rasterizer extension not built; the pure-torch path will be used"
@@ -74,6 +74,29 @@ test-fast: setup
 
 bench: setup  ## speed/memory table (CPU rasterizer vs dense reference, fit it/s, demo wall time)
 	$(PY) bench/run_all.py
+
+# --- GPU check (bench/gpu_check.py; README "Checking the CUDA paths") --------------------------
+GPU_WHEELS_DIR ?= .whl
+GPU_SITE ?= /tmp/ds4d-gpu-site
+GPU_EXAMPLE ?= ../shared/examples/windmill
+
+gpu-wheels:  ## where PyPI is reachable: the wheels gpu-check installs (GPU_WHEELS=core|device|bare)
+	bash bench/gpu_wheels.sh $(GPU_WHEELS_DIR)
+
+gpu-check-data:  ## copy the windmill frames the check fits on into .gpucheck/ (travels with the tree)
+	rm -rf .gpucheck/windmill && mkdir -p .gpucheck/windmill/input .gpucheck/windmill/gt/az090 .gpucheck/windmill/gt/az270
+	cp $(GPU_EXAMPLE)/cameras.json $(GPU_EXAMPLE)/input.mp4 .gpucheck/windmill/
+	for f in 000 003 006 009 012 015 018 021; do \
+	  cp $(GPU_EXAMPLE)/input/$$f.png .gpucheck/windmill/input/ && \
+	  cp $(GPU_EXAMPLE)/gt/az090/$$f.png .gpucheck/windmill/gt/az090/ && \
+	  cp $(GPU_EXAMPLE)/gt/az270/$$f.png .gpucheck/windmill/gt/az270/; done
+
+gpu-check:  ## on a CUDA machine with torch and no network: install the wheels, print the table
+	python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) $(GPU_WHEELS_DIR)/*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) python3 bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-dry: setup  ## here, without a GPU: the same script on the CPU, gsplat's kernels emulated
+	$(PY) bench/gpu_check.py --dry-run $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_WS) build *.egg-info node_modules $(dir $(VIEWER_JS))

@@ -284,7 +284,7 @@ def generate(
     guidance: Optional[float] = typer.Option(None, "--guidance", help="zero123pp: classifier-free guidance scale (default 4.0)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed, shared by all frames so views do not flicker."),
     device: Device = _DEVICE,
-    anchor: bool = typer.Option(True, "--anchor/--no-anchor", help="zero123pp: condition every frame on frame 0's views."),
+    anchor: bool = typer.Option(True, "--anchor/--no-anchor", help="zero123pp: anchor later frames on frame 0 (STAG4D: self-attention tokens averaged with frame 0's)."),
     force: bool = _FORCE,
 ) -> None:
     """Make V views of every frame at known cameras: the multi-view prior that `fit` learns from."""

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from ds4d_cli import weights
 from ds4d_cli.console import console
 
-PRIOR_MODELS = ("sudo-ai/zero123plus-v1.1", "sudo-ai/zero123plus-v1.2")
-ENCODER_MODELS = ("facebook/dinov2-small",)
+PRIOR_MODELS = tuple(w.repo_id for w in weights.ZERO123PP.values())
+ENCODER_MODELS = (weights.DINOV2_SMALL.repo_id,)
 
 
 @dataclass
@@ -73,12 +74,13 @@ def gather_checks() -> list[Check]:
             "prior",
             bool(priors),
             ", ".join(priors) if priors else "no Zero123++ weights (use --prior import DIR or --prior none)",
-            "" if priors else "on a machine with network: huggingface-cli download sudo-ai/zero123plus-v1.2",
+            "" if priors else f"on a machine with network: {weights.ZERO123PP['v1.1'].command()} (see the table below)",
         )
     )
     encoders = [m for m in ENCODER_MODELS if hub_model_present(m)]
     checks.append(
-        Check("encoder", True, ", ".join(encoders) if encoders else "small CNN trained jointly (no DINOv2 weights found)")
+        Check("encoder", True, ", ".join(encoders) if encoders else "small CNN trained jointly (no DINOv2 weights found)",
+              "" if encoders else f"optional: {weights.DINOV2_SMALL.command()}")
     )
     try:
         import imageio_ffmpeg
@@ -99,3 +101,17 @@ def print_report() -> None:
         mark = "[green]ok[/green]" if check.ok else "[red]missing[/red]"
         table.add_row(check.name, mark, check.detail, check.hint)
     console.print(table)
+    for line in weights_lines():
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+def weights_lines() -> list[str]:
+    """What to download for the optional pretrained models: hub id, files, command (unwrapped,
+    so that each command can be copied as one line)."""
+    lines = ["", "Pretrained weights (optional; ds4d never downloads: fetch them on a machine with network):"]
+    for w in weights.ALL:
+        cached = " (in the Hugging Face cache)" if hub_model_present(w.repo_id) else ""
+        lines += [f"  {w.repo_id}{cached}: for `{w.used_by}`; {w.note}",
+                  f"    files (glob patterns, the same for every revision): {', '.join(w.patterns)}",
+                  f"    {w.command()}"]
+    return lines

@@ -91,7 +91,7 @@ def split_grid(grid: Image.Image | np.ndarray) -> list[np.ndarray]:
 
 
 def join_grid(tiles: list[np.ndarray]) -> np.ndarray:
-    """Inverse of :func:`split_grid` (used for the anchor and contact sheets)."""
+    """Inverse of :func:`split_grid` (for contact sheets)."""
     if len(tiles) != NUM_VIEWS:
         raise ValueError(f"need {NUM_VIEWS} tiles, got {len(tiles)}")
     rows = [np.concatenate(tiles[r * GRID_COLS:(r + 1) * GRID_COLS], axis=1) for r in range(GRID_ROWS)]

@@ -35,11 +35,20 @@ def resolve_device(device: str) -> torch.device:
     raise Ds4dError(f"unknown device {device!r}", hint="use --device auto, cpu or cuda")
 
 
+def download_command(model: str) -> str:
+    """The ``hf download`` line for a hub id: exactly the needed files for the published ones."""
+    from ds4d_cli.weights import ZERO123PP
+
+    known = {w.repo_id: w for w in ZERO123PP.values()}
+    return known[model].command() if model in known else f"hf download {model}"
+
+
 def _missing(model: str, why: str) -> MissingWeightsError:
     return MissingWeightsError(
         f"Zero123++ weights {model} {why}",
-        hint=(f"on a machine with network run `hf download {model}` (older huggingface_hub: `huggingface-cli "
-              f"download {model}`) to fill the Hugging Face cache, or pass `--model /path/to/folder`; {ALTERNATIVES}"),
+        hint=(f"on a machine with network run `{download_command(model)}` (older huggingface_hub: "
+              f"`huggingface-cli download` with the same arguments) to fill the Hugging Face cache, or pass "
+              f"`--model /path/to/folder`; {ALTERNATIVES}"),
     )
 
 
@@ -56,7 +65,7 @@ def find_weights(model: str | None, variant: str = "v1.1") -> Path:
         if not (path / "model_index.json").is_file():
             raise MissingWeightsError(
                 f"{path} is not a diffusers model folder (no model_index.json)",
-                hint=f"download it with `hf download {HUB_IDS[variant]} --local-dir {path}`; {ALTERNATIVES}",
+                hint=f"download it with `{download_command(HUB_IDS[variant])} --local-dir {path}`; {ALTERNATIVES}",
             )
         return path
     try:
@@ -112,7 +121,7 @@ def load_zero123pp(model: str | None = None, variant: str = "v1.1", device: str 
         except (OSError, EnvironmentError, ValueError) as exc:
             raise MissingWeightsError(
                 f"Zero123++ weights {name} at {folder} are incomplete or unreadable: {str(exc).splitlines()[0]}",
-                hint=f"download them again with `hf download {HUB_IDS[variant]}`; {ALTERNATIVES}",
+                hint=f"download them again with `{download_command(HUB_IDS[variant])}`; {ALTERNATIVES}",
             ) from None
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(
         pipe.scheduler.config, prediction_type="v_prediction", timestep_spacing="trailing",

@@ -6,7 +6,10 @@ One RGB(A) image in, one 3x2 grid of six consistent views out (see :mod:`.layout
   latent (unscaled, i.e. about 5x larger than the usual ``scaling_factor`` latents, which is the
   paper's "scaled reference attention") is noised to each step's timestep and written into the
   UNet's self-attention. For classifier-free guidance the unconditional branch gets the latent
-  of an all-zero (mid-grey) image instead.
+  of an all-zero (mid-grey) image instead. Both latents are *samples* of the VAE posterior, as
+  upstream draws them, but from the sampler's generator (upstream: the global RNG).
+- **Temporal anchor** (optional, STAG4D/DS4D): an :class:`~.ref_attention.AnchorCache` shared by
+  the frames of a clip records frame 0's self-attention tokens and blends them into later frames.
 - **Global condition** -- FlexDiffuse-style: the CLIP image embedding is added to the empty
   prompt's text embedding, token i weighted by ``ramping_coefficients[i]`` (a model config
   value). The unconditional branch uses the bare empty-prompt embedding.
@@ -33,7 +36,7 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ds4d_cli.priors.layout import GRID_COLS, GRID_ROWS, VIEW_SIZE
-from ds4d_cli.priors.ref_attention import RefOnlyUNet
+from ds4d_cli.priors.ref_attention import AnchorCache, RefOnlyUNet
 
 LATENT_SHIFT = 0.22
 LATENT_GAIN = 0.75
@@ -92,8 +95,11 @@ def preprocess_like(processor: Any, image: Image.Image) -> torch.Tensor:
     short = _edge(getattr(processor, "size", None), "shortest_edge") or _edge(getattr(processor, "size", None), "height")
     if short and getattr(processor, "do_resize", True):
         w, h = img.size
-        scale = short / min(w, h)
-        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        # transformers' get_resize_output_image_size: the short edge becomes `short` and the long
+        # one int(short * long / short_edge), truncated (rounding was one pixel off, then the crop
+        # shifted by half a pixel)
+        long_edge = int(short * max(w, h) / min(w, h))
+        new = (short, long_edge) if w <= h else (long_edge, short)
         resample = getattr(processor, "resample", Image.Resampling.BICUBIC)
         img = img.resize(new, resample=Image.Resampling(int(resample)) if resample is not None else Image.Resampling.BICUBIC)
     crop = getattr(processor, "crop_size", None)
@@ -111,7 +117,7 @@ def preprocess_like(processor: Any, image: Image.Image) -> torch.Tensor:
 @dataclass
 class Zero123PlusOutput:
     images: list[Image.Image]  # one RGB grid (3 rows x 2 cols of views) per call
-    latents: torch.Tensor  # final grid latents in the model's (scaled) space, for anchoring
+    latents: torch.Tensor  # final grid latents in the model's (scaled) space
 
 
 class Zero123PlusPipeline(DiffusionPipeline):
@@ -156,24 +162,25 @@ class Zero123PlusPipeline(DiffusionPipeline):
         return like.new_tensor(coeffs)[None, :, None]
 
     @torch.no_grad()
-    def encode_condition(self, image: Image.Image, device: torch.device, do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt embeddings, reference latents), each with the guidance batch (uncond, cond)."""
+    def encode_condition(self, image: Image.Image, device: torch.device, do_cfg: bool,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt embeddings, reference latents), each with the guidance batch (uncond, cond).
+
+        The reference latents are samples of the VAE posterior drawn with ``generator`` (condition
+        first, then the grey image), as upstream Zero123++ samples them (there: the global RNG).
+        """
         rgb = to_rgb_on_grey(image)
         vae_dtype = self.vae.dtype
         vae_in = preprocess_like(self.feature_extractor_vae, rgb).to(device=device, dtype=vae_dtype)
         clip_in = preprocess_like(self.feature_extractor_clip, rgb).to(device=device, dtype=self.vision_encoder.dtype)
-        ref_lat = self.vae.encode(vae_in).latent_dist.mode()
+        ref_lat = self.vae.encode(vae_in).latent_dist.sample(generator=generator)
         image_embeds = self.vision_encoder(clip_in).image_embeds  # [1, D]
         text = self._empty_prompt_embeds(device).to(image_embeds.dtype)  # [1, L, D]
         cond = text + image_embeds[:, None, :] * self._ramp(text.shape[1], text)
         if not do_cfg:
             return cond, ref_lat
-        neg_lat = self.vae.encode(torch.zeros_like(vae_in)).latent_dist.mode()
+        neg_lat = self.vae.encode(torch.zeros_like(vae_in)).latent_dist.sample(generator=generator)
         return torch.cat([text, cond]), torch.cat([neg_lat, ref_lat])
-
-    def grid_latents_to_reference(self, latents: torch.Tensor) -> torch.Tensor:
-        """Map grid latents (scaled space) into the reference latents' space (raw VAE latents)."""
-        return unscale_latents(latents) / self.vae.config.scaling_factor
 
     # -- sampling --------------------------------------------------------------------------
     def prepare_noise(
@@ -193,7 +200,7 @@ class Zero123PlusPipeline(DiffusionPipeline):
         guidance_scale: float = 4.0,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
-        anchor_latents: torch.Tensor | None = None,
+        anchor: AnchorCache | None = None,
         view_size: int = VIEW_SIZE,
         output_type: str = "pil",
         callback: Callable[[int, int], None] | None = None,
@@ -201,19 +208,18 @@ class Zero123PlusPipeline(DiffusionPipeline):
         """Generate the grid for ``image``.
 
         ``latents``: initial noise (from :meth:`prepare_noise`); shared across frames it keeps the
-        sampler's randomness identical from frame to frame. ``anchor_latents``: grid latents of an
-        earlier generation (e.g. the clip's first frame) written as extra reference context.
+        sampler's randomness identical from frame to frame. ``anchor``: one
+        :class:`~.ref_attention.AnchorCache` for all frames of a clip -- the first call records
+        frame 0, later calls are anchored on it (STAG4D). ``generator`` draws, in order, the two
+        posterior samples of :meth:`encode_condition`, the initial noise when ``latents`` is
+        None, then per step the reference noise and the sampler's noise.
         ``callback(step, total)`` is called after each denoising step.
         """
         device = self._execution_device
         dtype = self.unet.dtype
         do_cfg = guidance_scale > 1.0
-        prompt_embeds, ref_lat = self.encode_condition(image, device, do_cfg)
-        prompt_embeds = prompt_embeds.to(dtype)
-        references = [ref_lat.to(dtype)]
-        if anchor_latents is not None:
-            anchor = self.grid_latents_to_reference(anchor_latents.to(device=device, dtype=torch.float32)).to(dtype)
-            references.append(anchor.expand(ref_lat.shape[0], -1, -1, -1))
+        prompt_embeds, ref_lat = self.encode_condition(image, device, do_cfg, generator)
+        prompt_embeds, ref_lat = prompt_embeds.to(dtype), ref_lat.to(dtype)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         if latents is None:
@@ -221,16 +227,22 @@ class Zero123PlusPipeline(DiffusionPipeline):
         x = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
         ref_unet = RefOnlyUNet(self.unet, self.scheduler.alphas_cumprod)
         timesteps = self.scheduler.timesteps
+        if anchor is not None:
+            anchor.begin(len(timesteps))
         for i, t in enumerate(timesteps):
             x_in = torch.cat([x, x]) if do_cfg else x
             x_in = self.scheduler.scale_model_input(x_in, t).to(dtype)
-            pred = ref_unet(x_in, t, prompt_embeds, references, generator).float()
+            pred = ref_unet(x_in, t, prompt_embeds, ref_lat, generator, anchor=anchor, step=i).float()
             if do_cfg:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + guidance_scale * (cond - uncond)
             x = self.scheduler.step(pred, t, x, generator=generator, return_dict=False)[0]
+            if anchor is not None:
+                anchor.step_done(i)
             if callback is not None:
                 callback(i + 1, len(timesteps))
+        if anchor is not None:
+            anchor.end()
 
         raw = unscale_latents(x) / self.vae.config.scaling_factor
         decoded = self.vae.decode(raw.to(self.vae.dtype), return_dict=False)[0].float()

@@ -4,8 +4,9 @@ Priors:
 
 - ``zero123pp``: our Zero123++ pipeline, six 320 px views per frame. Views are kept steady over
   time by giving every frame the same initial noise and sampler randomness (one seed), and,
-  with ``anchor``, by writing frame 0's generated grid into the reference attention of every
-  later frame (STAG4D-style anchoring). The flat grey background is cut out into alpha.
+  with ``anchor``, by STAG4D's temporal anchor: every later frame's self-attention keys and
+  values use the mean of its own tokens and frame 0's at the same step and layer
+  (:mod:`ds4d_cli.priors.ref_attention`). The flat grey background is cut out into alpha.
 - ``import``: views made elsewhere, in the layout documented in :mod:`ds4d_cli.priors.import_views`.
 - ``none``: no views (a warning says the unseen sides will be guessed).
 - ``auto``: ``zero123pp`` when its weights are found locally, else ``none`` with a warning.
@@ -32,7 +33,7 @@ from ds4d_cli.fsutil import atomic_path, read_json, write_bytes_atomic, write_js
 from ds4d_cli.priors.layout import DEFAULT_STEPS, HUB_IDS, check_variant
 from ds4d_cli.workspace import StageResult, Workspace, run_stage
 
-VERSION = 1
+VERSION = 2  # 2: STAG4D's token-mean anchor; sampled VAE condition latents
 PRIORS = ("auto", "zero123pp", "import", "none")
 DEFAULT_GUIDANCE = 4.0
 CONVENTION = "OpenCV camera (x right, y down, z forward); camera_to_world 4x4; world Z up"
@@ -49,7 +50,7 @@ class GenerateOptions:
     guidance: Optional[float] = None  # zero123pp: None = 4.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    anchor: bool = True  # zero123pp: condition frames 1.. on frame 0's views
+    anchor: bool = True  # zero123pp: anchor frames 1.. on frame 0 (STAG4D's self-attention token mean)
 
 
 # -- preprocess outputs ---------------------------------------------------------------------------
@@ -138,8 +139,10 @@ def _run_zero123pp(out: Path, opts: GenerateOptions, meta: dict, frames: list[Pa
     guidance = DEFAULT_GUIDANCE if opts.guidance is None else opts.guidance
     all_views = zero123pp_views(opts.variant)
     views = [all_views[k] for k in chosen]
+    from ds4d_cli.priors.ref_attention import AnchorCache
+
     noise = pipe.prepare_noise(torch.Generator("cpu").manual_seed(opts.seed))  # one noise for all frames
-    anchor = None
+    anchor = AnchorCache() if opts.anchor else None  # frame 0 records, later frames are anchored on it
     start = time.time()
     with progress_bar("Generating views", total=len(frames), fields=("frame", "step")) as bar:
         for i, frame_path in enumerate(frames):
@@ -148,10 +151,8 @@ def _run_zero123pp(out: Path, opts: GenerateOptions, meta: dict, frames: list[Pa
             generator = torch.Generator("cpu").manual_seed(opts.seed + 1)  # same sampler noise every frame
             result = pipe(
                 image, num_inference_steps=steps, guidance_scale=guidance, generator=generator, latents=noise,
-                anchor_latents=anchor, callback=lambda s, n, i=i: bar.advance(0, frame=i, step=f"{s}/{n}"),
+                anchor=anchor, callback=lambda s, n, i=i: bar.advance(0, frame=i, step=f"{s}/{n}"),
             )
-            if opts.anchor and anchor is None:
-                anchor = result.latents
             grid = result.images[0]
             _save_png(out / "grids" / f"{i:03d}.png", grid)
             tiles = split_grid(grid)
