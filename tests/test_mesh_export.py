@@ -22,7 +22,7 @@ from ds4d_cli.export.glb import GLTF_FROM_WORLD
 from ds4d_cli.export.views import Framing, orbit_views
 from ds4d_cli.stages import export as export_stage
 from ds4d_cli.stages.export import ExportOptions
-from ds4d_cli.stages.fit import load_fitted
+from ds4d_cli.fitted import load_fitted
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 6

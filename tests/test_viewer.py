@@ -30,7 +30,7 @@ from ds4d_cli.errors import Ds4dError
 from ds4d_cli.export.views import Framing, orbit_views
 from ds4d_cli.stages import export as export_stage
 from ds4d_cli.stages.export import ExportOptions
-from ds4d_cli.stages.fit import load_fitted
+from ds4d_cli.fitted import load_fitted
 from ds4d_cli.viewer.server import make_server, url_of
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ds4d_cli.export.axes import quat_to_rotmat
+from ds4d_cli.render.projection import quat_to_rotmat
 from ds4d_cli.export.splats import SplatFrame
 
 #: Bumped when the extraction changes its result (cached glb/obj exports are then redone).
