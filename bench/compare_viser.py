@@ -36,7 +36,7 @@ from bench_viewer import FRAMES  # noqa: E402
 from fake_model import FakeModel  # noqa: E402
 
 from ds4d_cli.cameras import c2w_to_viewmat, orbit_camera  # noqa: E402
-from ds4d_cli.export.axes import quat_to_rotmat  # noqa: E402
+from ds4d_cli.render.projection import quat_to_rotmat  # noqa: E402
 from ds4d_cli.export.html import write_page  # noqa: E402
 
 W, H, AZ, EL, RADIUS, FOV = 640, 480, 30.0, 15.0, 2.0, 49.1  # FOV: vertical, degrees

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from fake_model import FakeModel
 
-from ds4d_cli.export.axes import quat_to_rotmat
+from ds4d_cli.render.projection import quat_to_rotmat
 from ds4d_cli.export.splats import splat_frame_from
 from ds4d_cli.export.spz import COLOR_SCALE, RUB_FROM_WORLD, decode_spz, encode_spz, to_spz_axes
 
