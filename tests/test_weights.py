@@ -51,6 +51,7 @@ def test_zero123pp_patterns_fetch_a_loadable_pipeline_and_nothing_else(tmp_path:
 def test_dinov2_patterns_fetch_a_loadable_encoder(tmp_path: Path) -> None:
     from transformers import Dinov2Config, Dinov2Model
 
+    from ds4d_cli.encoder_weights import load_dinov2
     from ds4d_cli.model.features import DinoEncoder
 
     repo = tmp_path / "repo"
@@ -60,7 +61,7 @@ def test_dinov2_patterns_fetch_a_loadable_encoder(tmp_path: Path) -> None:
     (repo / "preprocessor_config.json").write_text("{}")
     got = _select(repo, weights.DINOV2_SMALL.patterns, tmp_path / "fetched")
     assert "README.md" not in got and "config.json" in got
-    enc = DinoEncoder(tmp_path / "fetched", image_size=28)
+    enc = DinoEncoder(load_dinov2(tmp_path / "fetched"), image_size=28)
     assert enc.out_dim == 16
 
 
