@@ -79,14 +79,16 @@ class _ExtRasterize(torch.autograd.Function):
             _ptr(n_vis), _ptr(offsets), n_threads,
         )
         ids = torch.empty(total, dtype=torch.int32)
+        packed = torch.empty(C * N, getattr(lib, f"ds4d_record_size_{sfx}")(D), dtype=feats.dtype)
         img = torch.empty(C, height, width, D, dtype=feats.dtype)
         trans = torch.empty(C, height, width, dtype=feats.dtype)
         last = torch.empty(C, height, width, dtype=torch.int32)
         getattr(lib, f"ds4d_forward_{sfx}")(
             C, N, D, width, height, _ptr(m2), _ptr(con), _ptr(f), _ptr(op), _ptr(radii), _ptr(order),
-            _ptr(n_vis), _ptr(offsets), _ptr(ids), _ptr(img), _ptr(trans), _ptr(last), n_threads,
+            _ptr(n_vis), _ptr(offsets), _ptr(ids), _ptr(packed), _ptr(img), _ptr(trans), _ptr(last),
+            n_threads,
         )
-        ctx.save_for_backward(m2, con, f, op, radii, offsets, ids, trans, last)
+        ctx.save_for_backward(packed, order, offsets, ids, trans, last)
         ctx.dims = (C, N, D, width, height)
         ctx.lib = lib
         ctx.n_threads = n_threads
@@ -94,18 +96,19 @@ class _ExtRasterize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_img, v_alpha):
-        m2, con, f, op, radii, offsets, ids, trans, last = ctx.saved_tensors
+        packed, order, offsets, ids, trans, last = ctx.saved_tensors
         C, N, D, width, height = ctx.dims
-        g_m2 = torch.empty(C, N, 2, dtype=f.dtype)
-        g_con = torch.empty(C, N, 3, dtype=f.dtype)
-        g_f = torch.empty(C, N, D, dtype=f.dtype)
-        g_op = torch.empty(C, N, dtype=f.dtype)
-        vi = None if v_img is None else v_img.to(f.dtype).contiguous()
-        va = None if v_alpha is None else v_alpha[..., 0].to(f.dtype).contiguous()
-        getattr(ctx.lib, f"ds4d_backward_{_sfx(f.dtype)}")(
-            C, N, D, width, height, _ptr(m2), _ptr(con), _ptr(f), _ptr(op), _ptr(radii),
-            _ptr(offsets), _ptr(ids), _ptr(trans), _ptr(last), _ptr(vi), _ptr(va),
-            _ptr(g_m2), _ptr(g_con), _ptr(g_f), _ptr(g_op), ctx.n_threads,
+        dtype = packed.dtype
+        g_m2 = torch.empty(C, N, 2, dtype=dtype)
+        g_con = torch.empty(C, N, 3, dtype=dtype)
+        g_f = torch.empty(C, N, D, dtype=dtype)
+        g_op = torch.empty(C, N, dtype=dtype)
+        vi = None if v_img is None else v_img.to(dtype).contiguous()
+        va = None if v_alpha is None else v_alpha[..., 0].to(dtype).contiguous()
+        getattr(ctx.lib, f"ds4d_backward_{_sfx(dtype)}")(
+            C, N, D, width, height, _ptr(packed), _ptr(order), _ptr(offsets), _ptr(ids), _ptr(trans),
+            _ptr(last), _ptr(vi), _ptr(va), _ptr(g_m2), _ptr(g_con), _ptr(g_f), _ptr(g_op),
+            ctx.n_threads,
         )
         return g_m2, g_con, g_f, g_op, None, None, None, None, None, None
 

@@ -26,12 +26,20 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -49,22 +57,90 @@ constexpr double FAR_PLANE = 1e10;
 constexpr double MAX_EXTENT = 3.33;
 constexpr double NORM_EPS = 1e-12;  // torch.nn.functional.normalize
 
+// A persistent pool of helper threads. The caller takes part in every job and waits only for
+// items that were claimed, never for a helper to wake up: on a busy machine a helper that is
+// not scheduled in time simply finds no work left, instead of stalling the render (spawning
+// and joining threads per call cost milliseconds of wall time under load). Helpers are
+// started lazily and never destroyed (they sleep on a condition variable); after fork() the
+// child has none, and the caller then does every item itself.
+class Pool {
+  public:
+    template <typename F>
+    void run(int64_t n_items, int n_threads, F& fn) {
+        thread_local bool inside = false;  // a nested call runs serially in its item
+        std::unique_lock<std::mutex> busy(submit_, std::defer_lock);
+        if (inside || n_threads <= 1 || n_items <= 1 || !busy.try_lock()) {  // or another caller's job runs
+            for (int64_t i = 0; i < n_items; ++i) fn(i);
+            return;
+        }
+        inside = true;
+        auto job = std::make_shared<Job>();
+        job->n = n_items;
+        job->fn = [&fn](int64_t i) { fn(i); };
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            while (static_cast<int>(workers_.size()) < std::min(n_threads, 64) - 1)
+                workers_.emplace_back([this] { loop(); });
+            job_ = job;
+            wanted_ = std::min<int64_t>(n_threads, n_items) - 1;
+            ++generation_;
+        }
+        cv_.notify_all();
+        work(*job);
+        for (int spins = 0; job->done.load(std::memory_order_acquire) < n_items; ++spins) {
+            if (spins > 64) std::this_thread::yield();
+        }
+        std::lock_guard<std::mutex> lock(m_);
+        job_.reset();
+        inside = false;
+    }
+
+  private:
+    struct Job {
+        std::function<void(int64_t)> fn;
+        int64_t n = 0;
+        std::atomic<int64_t> next{0}, done{0};
+    };
+
+    static void work(Job& job) {
+        for (int64_t i = job.next.fetch_add(1); i < job.n; i = job.next.fetch_add(1)) {
+            job.fn(i);
+            job.done.fetch_add(1, std::memory_order_release);
+        }
+    }
+
+    void loop() {
+        uint64_t seen = 0;
+        for (;;) {
+            std::shared_ptr<Job> job;
+            {
+                std::unique_lock<std::mutex> lock(m_);
+                cv_.wait(lock, [&] { return generation_ != seen; });
+                seen = generation_;
+                if (wanted_ <= 0) continue;  // enough helpers for this job
+                --wanted_;
+                job = job_;
+            }
+            if (job) work(*job);  // a late helper finds every item claimed and goes back to sleep
+        }
+    }
+
+    std::mutex submit_, m_;
+    std::condition_variable cv_;
+    std::vector<std::thread> workers_;
+    std::shared_ptr<Job> job_;
+    int64_t wanted_ = 0;
+    uint64_t generation_ = 0;
+};
+
+Pool& pool() {
+    static Pool* p = new Pool;  // never destroyed: helpers may still sleep at exit
+    return *p;
+}
+
 template <typename F>
 void parallel_for(int64_t n_items, int n_threads, F&& fn) {
-    if (n_threads <= 1 || n_items <= 1) {
-        for (int64_t i = 0; i < n_items; ++i) fn(i);
-        return;
-    }
-    std::atomic<int64_t> next{0};
-    auto worker = [&]() {
-        for (int64_t i = next.fetch_add(1); i < n_items; i = next.fetch_add(1)) fn(i);
-    };
-    int n = static_cast<int>(std::min<int64_t>(n_threads, n_items));
-    std::vector<std::thread> pool;
-    pool.reserve(n - 1);
-    for (int t = 0; t < n - 1; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& th : pool) th.join();
+    pool().run(n_items, n_threads, fn);
 }
 
 // Runs fn(begin, end) over [0, n) in chunks of at least `grain` (few items: one thread).
@@ -100,69 +176,6 @@ inline void pixel_span(T m, int32_t r, int tile_lo, int tile_hi, int& lo, int& h
     T b = std::floor(m + r - T(0.5)) + T(1);
     lo = std::max(tile_lo, static_cast<int>(std::max(a, T(tile_lo - 1))));
     hi = std::min(tile_hi, static_cast<int>(std::min(b, T(tile_hi + 1))));
-}
-
-// exp(-s) for s >= 0. float: a branch-free Cephes-style polynomial (about 1 ulp) that the
-// compiler vectorises; double: std::exp. Forward and backward call the same code, so they
-// make identical threshold decisions.
-inline float exp_neg(float s) {
-    float x = -s;
-    x = x < -87.0f ? -87.0f : x;
-    // round to nearest via the 1.5 * 2^23 trick (SSE2-vectorisable, unlike floor)
-    const float fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const int32_t e = static_cast<int32_t>(fn) + 127;
-    float scale;
-    const int32_t bits = e << 23;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
-}
-inline double exp_neg(double s) { return std::exp(-s); }
-
-// Columns [lo, hi) of row dy (pixel-centre offset from the mean) where
-// a dx^2/2 + b dx dy + c dy^2/2 <= thr can hold, intersected with [x_lo, x_hi).
-// Pixels outside have alpha < 1/255 exactly (thr = log(255 o)); a small margin absorbs
-// rounding, and pixels let in by it are rejected by the alpha test as usual.
-template <typename T>
-inline bool row_span(T mx, T dy, T a, T b, T c, T thr, int x_lo, int x_hi, int& lo, int& hi) {
-    const T disc = b * b * dy * dy - a * (c * dy * dy - T(2) * thr);
-    if (!(disc >= T(0)) || !(a > T(0))) {
-        lo = hi = x_lo;
-        return false;
-    }
-    const T root = std::sqrt(disc);
-    const T margin = T(1e-3) + T(1e-4) * std::fabs(mx);
-    const T left = mx + (-b * dy - root) / a - margin;
-    const T right = mx + (-b * dy + root) / a + margin;
-    const T first = std::ceil(left - T(0.5));
-    const T last = std::floor(right - T(0.5));
-    lo = static_cast<int>(std::max(first, T(x_lo)));
-    hi = static_cast<int>(std::min(last + T(1), T(x_hi)));
-    return hi > lo;
-}
-
-// Fills sig[x - xs] and vis[x - xs] = exp(-sig) for columns [xs, xe) of one row; sig < 0
-// (numerically non-positive-definite footprints) gets vis = 0 so the caller skips it.
-template <typename T>
-inline void eval_row(int xs, int xe, T mx, T dy, T a, T b, T c, T* sig, T* vis) {
-    const int n = xe - xs;
-    const T base = T(0.5) * c * dy * dy;
-    const T bdy = b * dy;
-    for (int t = 0; t < n; ++t) {
-        const T dx = (T(xs + t) + T(0.5)) - mx;
-        const T sg = T(0.5) * a * dx * dx + bdy * dx + base;
-        sig[t] = sg;
-        const T e = exp_neg(sg > T(0) ? sg : T(0));
-        vis[t] = sg >= T(0) ? e : T(0);
-    }
 }
 
 // ------------------------------------------------------------------------------ projection
@@ -609,114 +622,428 @@ void project_backward(const ProjArgs& A, const T* means, const T* quats, const T
 
 // ------------------------------------------------------------------------------ binning
 
+// Order-preserving unsigned keys for floats (negative values flip every bit).
+inline uint32_t sort_key(float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline uint64_t sort_key(double v) {
+    uint64_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
+}
+
+// Stable LSD radix sort of (key, index) by key, 8 bits a pass; ties keep input order, so with
+// indices ascending this is torch's stable argsort.
+template <typename K>
+void radix_sort(std::vector<K>& keys, std::vector<int32_t>& idx) {
+    const size_t n = keys.size();
+    std::vector<K> k2(n);
+    std::vector<int32_t> i2(n);
+    for (unsigned shift = 0; shift < 8 * sizeof(K); shift += 8) {
+        size_t count[257] = {0};
+        for (size_t i = 0; i < n; ++i) ++count[((keys[i] >> shift) & 0xFF) + 1];
+        if (count[((keys[0] >> shift) & 0xFF) + 1] == n) continue;  // one bucket: nothing moves
+        for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+        for (size_t i = 0; i < n; ++i) {
+            const size_t dst = count[(keys[i] >> shift) & 0xFF]++;
+            k2[dst] = keys[i];
+            i2[dst] = idx[i];
+        }
+        keys.swap(k2);
+        idx.swap(i2);
+    }
+}
+
 // Per camera: the visible Gaussians (radii > 0) sorted by (depth, index) into order[c*N ..],
-// their count into n_vis[c], and the number of tiles each visible Gaussian touches into
-// counts[c*tiles + t]. Returns the total number of (tile, Gaussian) intersections.
+// their count into n_vis[c], and the per-tile intersection counts turned into offsets
+// [C*tiles+1]. Returns the total number of (tile, Gaussian) intersections.
 template <typename T>
 int64_t bin(int64_t C, int64_t N, int W, int H, const T* means2d, const int32_t* radii,
             const T* depths, int64_t depth_stride, int32_t* order, int32_t* n_vis, int64_t* offsets,
             int n_threads) {
+    using Key = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
     const int tx = (W + TILE - 1) / TILE, ty = (H + TILE - 1) / TILE;
     const int64_t nt = static_cast<int64_t>(tx) * ty;
     parallel_for(C, n_threads, [&](int64_t c) {
-        std::vector<std::pair<T, int32_t>> keyed;
-        keyed.reserve(static_cast<size_t>(N));
+        std::vector<Key> keys;
+        std::vector<int32_t> idx;
+        keys.reserve(static_cast<size_t>(N));
+        idx.reserve(static_cast<size_t>(N));
         for (int64_t g = 0; g < N; ++g) {
             const int64_t k = c * N + g;
-            if (radii[2 * k] > 0 && radii[2 * k + 1] > 0)
-                keyed.emplace_back(depths[k * depth_stride], static_cast<int32_t>(g));
+            if (radii[2 * k] > 0 && radii[2 * k + 1] > 0) {
+                keys.push_back(sort_key(depths[k * depth_stride]));
+                idx.push_back(static_cast<int32_t>(g));
+            }
         }
-        std::sort(keyed.begin(), keyed.end());  // ties by index: torch's stable argsort
+        if (!keys.empty()) radix_sort(keys, idx);
         int32_t* ord = order + c * N;
         int64_t* cnt = offsets + c * nt + 1;
         std::fill(cnt, cnt + nt, int64_t(0));
-        for (size_t j = 0; j < keyed.size(); ++j) {
-            const int32_t g = keyed[j].second;
+        for (size_t j = 0; j < idx.size(); ++j) {
+            const int32_t g = idx[j];
             ord[j] = g;
             const int64_t k = c * N + g;
             TileRect r = tile_rect(means2d[2 * k], means2d[2 * k + 1], radii[2 * k], radii[2 * k + 1], tx, ty);
             for (int y = r.y0; y < r.y1; ++y)
                 for (int x = r.x0; x < r.x1; ++x) cnt[y * tx + x] += 1;
         }
-        n_vis[c] = static_cast<int32_t>(keyed.size());
+        n_vis[c] = static_cast<int32_t>(idx.size());
     });
     offsets[0] = 0;
     for (int64_t i = 1; i <= C * nt; ++i) offsets[i] += offsets[i - 1];
     return offsets[C * nt];
 }
 
-// ------------------------------------------------------------------------------ compositing
+// ------------------------------------------------------------------------------ SIMD
+
+// Eight pixels (half a tile row) per vector, through the GCC/Clang vector extensions: AVX2
+// registers with -march=native on x86, pairs of SSE/NEON registers on a portable build.
+#ifdef DS4D_STATS
+std::atomic<int64_t> g_visits{0}, g_rows{0}, g_vecs{0}, g_boxrows{0};
+#endif
+constexpr int LANES = 8;
+constexpr int HALVES = TILE / LANES;
+constexpr int VECS = TILE * HALVES;  // vectors per tile
 
 template <typename T>
-void forward(int64_t C, int64_t N, int D, int W, int H, const T* means2d, const T* conics,
-             const T* feats, const T* opac, const int32_t* radii, const int32_t* order,
-             const int32_t* n_vis, const int64_t* offsets, int32_t* ids, T* out_img, T* out_T,
-             int32_t* out_last, int n_threads) {
+struct Simd;
+template <>
+struct Simd<float> {
+    typedef float V __attribute__((vector_size(32)));
+    typedef int32_t M __attribute__((vector_size(32)));
+};
+template <>
+struct Simd<double> {
+    typedef double V __attribute__((vector_size(64)));
+    typedef int64_t M __attribute__((vector_size(64)));
+};
+
+template <typename V, typename M>
+inline V select(M m, V a, V b) {  // m ? a : b, lane-wise (m lanes are 0 or -1)
+    return (V)(((M)a & m) | ((M)b & ~m));
+}
+
+template <typename M>
+inline bool any(M m) {
+    uint64_t w[sizeof(M) / 8];
+    std::memcpy(w, &m, sizeof(M));
+    uint64_t r = 0;
+    for (size_t i = 0; i < sizeof(M) / 8; ++i) r |= w[i];
+    return r != 0;
+}
+#if defined(__AVX__)
+inline bool any(Simd<float>::M m) { return _mm256_movemask_ps((__m256)m) != 0; }
+#endif
+
+template <typename M>
+inline int count(M m) {
+    int n = 0;
+    for (int l = 0; l < LANES; ++l) n += m[l] != 0;
+    return n;
+}
+
+template <typename V>
+inline typename std::remove_reference<decltype(V{}[0])>::type hsum(V v) {
+    auto s = v[0];
+    for (int l = 1; l < LANES; ++l) s += v[l];
+    return s;
+}
+
+// exp(-s) for s >= 0. float: a branch-free Cephes-style polynomial (about 1 ulp); double:
+// std::exp per lane. Forward and backward call the same code, so they make identical
+// threshold decisions.
+inline Simd<float>::V exp_neg(Simd<float>::V s) {
+    typedef Simd<float>::V V;
+    typedef Simd<float>::M M;
+    V x = -s;
+    x = select(x < -87.0f, V{} - 87.0f, x);
+    // round to nearest via the 1.5 * 2^23 trick
+    const V fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    V r = x - fn * 0.693359375f;
+    r = r - fn * -2.12194440e-4f;
+    V p = V{} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const M e = __builtin_convertvector(fn, M) + 127;
+    return p * (V)(e << 23);
+}
+inline Simd<double>::V exp_neg(Simd<double>::V s) {
+    Simd<double>::V out;
+    for (int l = 0; l < LANES; ++l) out[l] = std::exp(-s[l]);
+    return out;
+}
+
+// One Gaussian as the compositor reads it, packed in depth order (one cache line for float):
+// [mx, my, a, b, c, opacity, rx, ry, feats...]
+constexpr int REC_HEAD = 8;
+inline int record_size(int D) { return (REC_HEAD + D + 7) / 8 * 8; }
+
+// One Gaussian over one tile: the vectors its bounding box covers (pixels outside the box have
+// alpha < 1/255), with the per-column terms of sigma precomputed. Forward and backward build it
+// and evaluate sigma the same way, so they make identical decisions.
+template <typename T>
+struct Visit {
+    typedef typename Simd<T>::V V;
+    int y0, y1, h0, h1;  // pixel rows [y0, y1), half-rows [h0, h1]
+    V dx[HALVES];        // pixel centre x - mean x
+    V qx[HALVES];        // a dx^2 / 2
+    V bx[HALVES];        // b dx
+    T hc;                // c / 2
+
+    bool init(const T* rec, int px0, int py0, int px1, int py1) {
+        int xs, xe;
+        pixel_span(rec[0], static_cast<int32_t>(rec[6]), px0, px1, xs, xe);
+        pixel_span(rec[1], static_cast<int32_t>(rec[7]), py0, py1, y0, y1);
+        if (xs >= xe || y0 >= y1) return false;
+        h0 = (xs - px0) / LANES;
+        h1 = (xe - 1 - px0) / LANES;
+        V lane;
+        for (int l = 0; l < LANES; ++l) lane[l] = T(l) + T(0.5);
+        const T ha = T(0.5) * rec[2];
+        for (int h = h0; h <= h1; ++h) {
+            dx[h] = (lane + T(px0 + h * LANES)) - rec[0];
+            qx[h] = ha * dx[h] * dx[h];
+            bx[h] = rec[3] * dx[h];
+        }
+        hc = T(0.5) * rec[4];
+        return true;
+    }
+    // sigma = a dx^2/2 + b dx dy + c dy^2/2 and exp(-sigma) (0 where sigma < 0)
+    void eval(int h, T dy, V& sig, V& vis) const {
+        sig = (qx[h] + bx[h] * dy) + hc * dy * dy;
+        const V e = exp_neg(select(sig > T(0), sig, V{}));
+        vis = select(sig >= T(0), e, V{});
+    }
+};
+
+// ------------------------------------------------------------------------------ compositing
+
+template <typename T, int DC>
+void forward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int64_t* offsets,
+                   const int32_t* ids, T* out_img, T* out_T, int32_t* out_last, int n_threads) {
+    typedef typename Simd<T>::V V;
+    typedef typename Simd<T>::M M;
+    const int D = DC > 0 ? DC : Dr;
+    const int R = record_size(D);
     const int tx = (W + TILE - 1) / TILE, ty = (H + TILE - 1) / TILE;
     const int64_t nt = static_cast<int64_t>(tx) * ty;
-    // the per-tile lists, in depth order (ids are flat c*N + g)
-    parallel_for(C, n_threads, [&](int64_t c) {
-        std::vector<int64_t> cursor(offsets + c * nt, offsets + (c + 1) * nt);
-        for (int32_t j = 0; j < n_vis[c]; ++j) {
-            const int64_t k = c * N + order[c * N + j];
-            TileRect r = tile_rect(means2d[2 * k], means2d[2 * k + 1], radii[2 * k], radii[2 * k + 1], tx, ty);
-            for (int y = r.y0; y < r.y1; ++y)
-                for (int x = r.x0; x < r.x1; ++x) ids[cursor[y * tx + x]++] = static_cast<int32_t>(k);
-        }
-    });
     const T alpha_min = T(ALPHA_MIN), alpha_max = T(ALPHA_MAX), t_min = T(T_MIN);
     parallel_for(C * nt, n_threads, [&](int64_t item) {
         const int64_t c = item / nt;
         const int tile = static_cast<int>(item % nt);
         const int px0 = (tile % tx) * TILE, py0 = (tile / tx) * TILE;
         const int px1 = std::min(px0 + TILE, W), py1 = std::min(py0 + TILE, H);
-        T Tr[TILE_PIX];
-        int32_t last[TILE_PIX];
-        bool done[TILE_PIX];
-        std::vector<T> acc(static_cast<size_t>(TILE_PIX) * D, T(0));
-        for (int i = 0; i < TILE_PIX; ++i) { Tr[i] = T(1); last[i] = 0; done[i] = false; }
-        int active = (px1 - px0) * (py1 - py0);
+        V Tr[VECS];
+        M alive[VECS], last[VECS];
+        std::vector<V> acc(static_cast<size_t>(VECS) * D, V{});
+        V alphas[VECS];
+        M oks[VECS];
+        int active = 0;
+        for (int v = 0; v < VECS; ++v) {
+            Tr[v] = V{} + T(1);
+            last[v] = M{};
+            const int y = py0 + v / HALVES, x0 = px0 + (v % HALVES) * LANES;
+            for (int l = 0; l < LANES; ++l) {
+                const bool in = y < py1 && x0 + l < px1;
+                alive[v][l] = in ? -1 : 0;
+                active += in;
+            }
+        }
         const int64_t start = offsets[item], end = offsets[item + 1];
         for (int64_t j = start; j < end && active > 0; ++j) {
-            const int64_t k = ids[j];
-            const T mx = means2d[2 * k], my = means2d[2 * k + 1];
-            const T ca = conics[3 * k], cb = conics[3 * k + 1], cc = conics[3 * k + 2];
-            const T o = opac[k];
-            const T* f = feats + k * D;
-            const T thr = std::log(o * T(255.0));
-            int xs, xe, ys, ye;
-            pixel_span(mx, radii[2 * k], px0, px1, xs, xe);
-            pixel_span(my, radii[2 * k + 1], py0, py1, ys, ye);
-            T sig[TILE], vis[TILE];
-            for (int y = ys; y < ye; ++y) {
-                const T dy = (T(y) + T(0.5)) - my;
-                int rs, re;
-                if (!row_span(mx, dy, ca, cb, cc, thr, xs, xe, rs, re)) continue;
-                eval_row(rs, re, mx, dy, ca, cb, cc, sig, vis);
-                for (int x = rs; x < re; ++x) {
-                    const int i = (y - py0) * TILE + (x - px0);
-                    if (done[i]) continue;
-                    const T v = vis[x - rs];
-                    const T alpha = std::min(alpha_max, o * v);
-                    if (sig[x - rs] < T(0) || alpha < alpha_min) continue;
-                    const T nT = Tr[i] * (T(1) - alpha);
-                    if (nT <= t_min) { done[i] = true; --active; continue; }
-                    const T w = alpha * Tr[i];
-                    T* acc_i = acc.data() + static_cast<size_t>(i) * D;
-                    for (int d = 0; d < D; ++d) acc_i[d] += w * f[d];
-                    Tr[i] = nT;
-                    last[i] = static_cast<int32_t>(j - start + 1);
+            const T* rec = packed + static_cast<int64_t>(ids[j]) * R;
+            const T o = rec[5];
+            const auto rank1 = static_cast<typename std::remove_reference<decltype(M{}[0])>::type>(j - start + 1);
+            Visit<T> vs;
+            if (!vs.init(rec, px0, py0, px1, py1)) continue;
+            // phase 1, branch-free: the exp chains of all vectors overlap
+            for (int y = vs.y0; y < vs.y1; ++y) {
+                const T dy = (T(y) + T(0.5)) - rec[1];
+                for (int h = vs.h0; h <= vs.h1; ++h) {
+                    const int v = (y - py0) * HALVES + h;
+                    V sig, vis;
+                    vs.eval(h, dy, sig, vis);
+                    alphas[v] = select(o * vis < alpha_max, o * vis, V{} + alpha_max);
+                    oks[v] = (sig >= T(0)) & (alphas[v] >= alpha_min);
+                }
+            }
+            // phase 2: composite
+            for (int y = vs.y0; y < vs.y1; ++y) {
+                for (int h = vs.h0; h <= vs.h1; ++h) {
+                    const int v = (y - py0) * HALVES + h;
+                    const V alpha = alphas[v];
+                    M ok = oks[v] & alive[v];
+                    if (!any(ok)) continue;
+                    const V nT = Tr[v] * (T(1) - alpha);
+                    const M term = ok & (nT <= t_min);
+                    if (any(term)) {  // the ray stops before this Gaussian (exclusive)
+                        alive[v] &= ~term;
+                        ok &= ~term;
+                        active -= count(term);
+                    }
+                    const V w = select(ok, alpha * Tr[v], V{});
+                    V* a = acc.data() + static_cast<size_t>(v) * D;
+                    for (int d = 0; d < D; ++d) a[d] += w * rec[REC_HEAD + d];
+                    Tr[v] = select(ok, nT, Tr[v]);
+                    last[v] = select(ok, M{} + rank1, last[v]);
                 }
             }
         }
-        for (int y = py0; y < py1; ++y) {
-            for (int x = px0; x < px1; ++x) {
-                const int i = (y - py0) * TILE + (x - px0);
-                const int64_t p = (c * H + y) * W + x;
-                out_T[p] = Tr[i];
-                out_last[p] = last[i];
-                for (int d = 0; d < D; ++d) out_img[p * D + d] = acc[static_cast<size_t>(i) * D + d];
+        for (int v = 0; v < VECS; ++v) {
+            const int y = py0 + v / HALVES, x0 = px0 + (v % HALVES) * LANES;
+            if (y >= py1) continue;
+            const V* a = acc.data() + static_cast<size_t>(v) * D;
+            for (int l = 0; l < LANES && x0 + l < px1; ++l) {
+                const int64_t p = (c * H + y) * W + x0 + l;
+                out_T[p] = Tr[v][l];
+                out_last[p] = static_cast<int32_t>(last[v][l]);
+                for (int d = 0; d < D; ++d) out_img[p * D + d] = a[d][l];
             }
+        }
+    });
+}
+
+// Packs the visible Gaussians of each camera in depth order and fills the per-tile lists
+// (ids are positions in the packed array, c*N + rank), then composites.
+template <typename T>
+void forward(int64_t C, int64_t N, int D, int W, int H, const T* means2d, const T* conics,
+             const T* feats, const T* opac, const int32_t* radii, const int32_t* order,
+             const int32_t* n_vis, const int64_t* offsets, int32_t* ids, T* packed, T* out_img,
+             T* out_T, int32_t* out_last, int n_threads) {
+    const int tx = (W + TILE - 1) / TILE, ty = (H + TILE - 1) / TILE;
+    const int64_t nt = static_cast<int64_t>(tx) * ty;
+    const int R = record_size(D);
+    parallel_for(C, n_threads, [&](int64_t c) {
+        std::vector<int64_t> cursor(offsets + c * nt, offsets + (c + 1) * nt);
+        for (int32_t j = 0; j < n_vis[c]; ++j) {
+            const int64_t k = c * N + order[c * N + j];
+            const int64_t pos = c * N + j;
+            T* rec = packed + pos * R;
+            rec[0] = means2d[2 * k];
+            rec[1] = means2d[2 * k + 1];
+            rec[2] = conics[3 * k];
+            rec[3] = conics[3 * k + 1];
+            rec[4] = conics[3 * k + 2];
+            rec[5] = opac[k];
+            rec[6] = T(radii[2 * k]);
+            rec[7] = T(radii[2 * k + 1]);
+            for (int d = 0; d < D; ++d) rec[REC_HEAD + d] = feats[k * D + d];
+            for (int d = REC_HEAD + D; d < R; ++d) rec[d] = T(0);
+            TileRect r = tile_rect(rec[0], rec[1], radii[2 * k], radii[2 * k + 1], tx, ty);
+            for (int y = r.y0; y < r.y1; ++y)
+                for (int x = r.x0; x < r.x1; ++x) ids[cursor[y * tx + x]++] = static_cast<int32_t>(pos);
+        }
+    });
+    if (D == 4)
+        forward_tiles<T, 4>(C, D, W, H, packed, offsets, ids, out_img, out_T, out_last, n_threads);
+    else
+        forward_tiles<T, 0>(C, D, W, H, packed, offsets, ids, out_img, out_T, out_last, n_threads);
+}
+
+template <typename T, int DC>
+void backward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int64_t* offsets,
+                    const int32_t* ids, const T* final_T, const int32_t* last_in, const T* v_img,
+                    const T* v_alpha, T* scratch, int n_threads) {
+    typedef typename Simd<T>::V V;
+    typedef typename Simd<T>::M M;
+    typedef typename std::remove_reference<decltype(M{}[0])>::type MI;
+    const int D = DC > 0 ? DC : Dr;
+    const int R = record_size(D);
+    const int stride = 6 + D;
+    const int tx = (W + TILE - 1) / TILE, ty = (H + TILE - 1) / TILE;
+    const int64_t nt = static_cast<int64_t>(tx) * ty;
+    const T alpha_min = T(ALPHA_MIN), alpha_max = T(ALPHA_MAX);
+    parallel_for(C * nt, n_threads, [&](int64_t item) {
+        const int64_t c = item / nt;
+        const int tile = static_cast<int>(item % nt);
+        const int px0 = (tile % tx) * TILE, py0 = (tile / tx) * TILE;
+        const int px1 = std::min(px0 + TILE, W), py1 = std::min(py0 + TILE, H);
+        const int64_t start = offsets[item], end = offsets[item + 1];
+        if (start == end) return;
+        V Tr[VECS], Tfin[VECS], va[VECS];
+        M last[VECS];
+        std::vector<V> buf(static_cast<size_t>(VECS) * D, V{}), vimg(static_cast<size_t>(VECS) * D, V{});
+        std::vector<V> gf(D);
+        V viss[VECS];
+        M oks[VECS];
+        int32_t max_last = 0;
+        for (int v = 0; v < VECS; ++v) {
+            const int y = py0 + v / HALVES, x0 = px0 + (v % HALVES) * LANES;
+            for (int l = 0; l < LANES; ++l) {
+                const bool in = y < py1 && x0 + l < px1;
+                const int64_t p = (c * H + y) * W + x0 + l;
+                Tr[v][l] = Tfin[v][l] = in ? final_T[p] : T(1);
+                last[v][l] = in ? last_in[p] : 0;
+                va[v][l] = in && v_alpha ? v_alpha[p] : T(0);
+                for (int d = 0; d < D; ++d) vimg[static_cast<size_t>(v) * D + d][l] = in && v_img ? v_img[p * D + d] : T(0);
+                if (in) max_last = std::max(max_last, last_in[p]);
+            }
+        }
+        for (int64_t j = start + max_last - 1; j >= start; --j) {
+            const MI rank = static_cast<MI>(j - start);
+            const T* rec = packed + static_cast<int64_t>(ids[j]) * R;
+            const T o = rec[5], ca = rec[2], cb = rec[3], cc = rec[4];
+            const T* f = rec + REC_HEAD;
+            V gmx{}, gmy{}, gca{}, gcb{}, gcc{}, go{};
+            std::fill(gf.begin(), gf.end(), V{});
+            Visit<T> vs;
+            if (!vs.init(rec, px0, py0, px1, py1)) continue;
+            for (int y = vs.y0; y < vs.y1; ++y) {  // branch-free phase, as in the forward
+                const T dy = (T(y) + T(0.5)) - rec[1];
+                for (int h = vs.h0; h <= vs.h1; ++h) {
+                    const int v = (y - py0) * HALVES + h;
+                    V sig;
+                    vs.eval(h, dy, sig, viss[v]);
+                    oks[v] = (sig >= T(0)) & (o * viss[v] >= alpha_min);
+                }
+            }
+            for (int y = vs.y0; y < vs.y1; ++y) {
+                const T dy = (T(y) + T(0.5)) - rec[1];
+                for (int h = vs.h0; h <= vs.h1; ++h) {
+                    const int v = (y - py0) * HALVES + h;
+                    const M ok = oks[v] & (M{} + rank < last[v]);
+                    if (!any(ok)) continue;
+                    const V dx = vs.dx[h];
+                    const V vis = viss[v];
+                    const V raw = o * vis;
+                    const V alpha = select(raw < alpha_max, raw, V{} + alpha_max);
+                    const V ra = T(1) / (T(1) - alpha);
+                    const V Tn = select(ok, Tr[v] * ra, Tr[v]);  // transmittance in front of this Gaussian
+                    Tr[v] = Tn;
+                    const V w = select(ok, alpha * Tn, V{});
+                    V* b = buf.data() + static_cast<size_t>(v) * D;
+                    const V* vi = vimg.data() + static_cast<size_t>(v) * D;
+                    V v_a = Tfin[v] * ra * va[v];
+                    for (int d = 0; d < D; ++d) {
+                        gf[d] += w * vi[d];
+                        v_a += (f[d] * Tn - b[d] * ra) * vi[d];
+                        b[d] += f[d] * w;
+                    }
+                    const M unclamped = ok & (raw <= alpha_max);
+                    go += select(unclamped, vis * v_a, V{});
+                    const V v_sigma = select(unclamped, -raw * v_a, V{});
+                    gca += T(0.5) * dx * dx * v_sigma;
+                    gcb += dx * dy * v_sigma;
+                    gcc += T(0.5) * dy * dy * v_sigma;
+                    gmx -= v_sigma * (ca * dx + cb * dy);
+                    gmy -= v_sigma * (cb * dx + cc * dy);
+                }
+            }
+            T* out = scratch + static_cast<size_t>(j) * stride;
+            out[0] = hsum(gmx);
+            out[1] = hsum(gmy);
+            out[2] = hsum(gca);
+            out[3] = hsum(gcb);
+            out[4] = hsum(gcc);
+            out[5] = hsum(go);
+            for (int d = 0; d < D; ++d) out[6 + d] = hsum(gf[d]);
         }
     });
 }
@@ -725,98 +1052,21 @@ void forward(int64_t C, int64_t N, int D, int W, int H, const T* means2d, const 
 // intersection belongs to one tile: no races), then each camera's are summed per Gaussian
 // into g_* ([C*N, ...], zeroed here).
 template <typename T>
-void backward(int64_t C, int64_t N, int D, int W, int H, const T* means2d, const T* conics,
-              const T* feats, const T* opac, const int32_t* radii, const int64_t* offsets,
-              const int32_t* ids, const T* final_T, const int32_t* last_in, const T* v_img,
-              const T* v_alpha, T* g_means2d, T* g_conics, T* g_feats, T* g_opac, int n_threads) {
+void backward(int64_t C, int64_t N, int D, int W, int H, const T* packed, const int32_t* order,
+              const int64_t* offsets, const int32_t* ids, const T* final_T, const int32_t* last_in,
+              const T* v_img, const T* v_alpha, T* g_means2d, T* g_conics, T* g_feats, T* g_opac,
+              int n_threads) {
     const int tx = (W + TILE - 1) / TILE, ty = (H + TILE - 1) / TILE;
     const int64_t nt = static_cast<int64_t>(tx) * ty;
-    const T alpha_min = T(ALPHA_MIN), alpha_max = T(ALPHA_MAX);
     const int stride = 6 + D;  // per intersection: means2d (2), conic (3), opacity, feats (D)
     const int64_t n_isect = offsets[C * nt];
     std::vector<T> scratch(static_cast<size_t>(n_isect) * stride, T(0));
-    parallel_for(C * nt, n_threads, [&](int64_t item) {
-        const int64_t c = item / nt;
-        const int tile = static_cast<int>(item % nt);
-        const int px0 = (tile % tx) * TILE, py0 = (tile / tx) * TILE;
-        const int px1 = std::min(px0 + TILE, W), py1 = std::min(py0 + TILE, H);
-        const int64_t start = offsets[item], end = offsets[item + 1];
-        if (start == end) return;
-        T Tr[TILE_PIX], Tfin[TILE_PIX], va[TILE_PIX];
-        int32_t last[TILE_PIX];
-        std::vector<T> buf(static_cast<size_t>(TILE_PIX) * D, T(0));
-        std::vector<T> vimg(static_cast<size_t>(TILE_PIX) * D, T(0));
-        std::vector<T> gf(D);
-        int32_t max_last = 0;
-        for (int i = 0; i < TILE_PIX; ++i) { Tr[i] = T(1); Tfin[i] = T(1); va[i] = T(0); last[i] = 0; }
-        for (int y = py0; y < py1; ++y) {
-            for (int x = px0; x < px1; ++x) {
-                const int i = (y - py0) * TILE + (x - px0);
-                const int64_t p = (c * H + y) * W + x;
-                Tr[i] = Tfin[i] = final_T[p];
-                last[i] = last_in[p];
-                va[i] = v_alpha ? v_alpha[p] : T(0);
-                for (int d = 0; d < D; ++d) vimg[static_cast<size_t>(i) * D + d] = v_img ? v_img[p * D + d] : T(0);
-                max_last = std::max(max_last, last[i]);
-            }
-        }
-        for (int64_t j = start + max_last - 1; j >= start; --j) {
-            const int32_t rank = static_cast<int32_t>(j - start);
-            const int64_t k = ids[j];
-            const T mx = means2d[2 * k], my = means2d[2 * k + 1];
-            const T ca = conics[3 * k], cb = conics[3 * k + 1], cc = conics[3 * k + 2];
-            const T o = opac[k];
-            const T* f = feats + k * D;
-            T gmx = 0, gmy = 0, gca = 0, gcb = 0, gcc = 0, go = 0;
-            std::fill(gf.begin(), gf.end(), T(0));
-            const T thr = std::log(o * T(255.0));
-            int xs, xe, ys, ye;
-            pixel_span(mx, radii[2 * k], px0, px1, xs, xe);
-            pixel_span(my, radii[2 * k + 1], py0, py1, ys, ye);
-            T sigr[TILE], visr[TILE];
-            for (int y = ys; y < ye; ++y) {
-                const T dy = (T(y) + T(0.5)) - my;
-                int rs, re;
-                if (!row_span(mx, dy, ca, cb, cc, thr, xs, xe, rs, re)) continue;
-                eval_row(rs, re, mx, dy, ca, cb, cc, sigr, visr);
-                for (int x = rs; x < re; ++x) {
-                    const int i = (y - py0) * TILE + (x - px0);
-                    if (rank >= last[i]) continue;
-                    const T sigma = sigr[x - rs];
-                    const T vis = visr[x - rs];
-                    const T raw = o * vis;
-                    const T alpha = std::min(alpha_max, raw);
-                    if (sigma < T(0) || alpha < alpha_min) continue;
-                    const T dx = (T(x) + T(0.5)) - mx;
-                    const T ra = T(1) / (T(1) - alpha);
-                    Tr[i] *= ra;  // transmittance in front of this Gaussian
-                    const T w = alpha * Tr[i];
-                    T* b = buf.data() + static_cast<size_t>(i) * D;
-                    const T* vi = vimg.data() + static_cast<size_t>(i) * D;
-                    T v_a = Tfin[i] * ra * va[i];
-                    for (int d = 0; d < D; ++d) {
-                        gf[d] += w * vi[d];
-                        v_a += (f[d] * Tr[i] - b[d] * ra) * vi[d];
-                        b[d] += f[d] * w;
-                    }
-                    if (raw <= alpha_max) {
-                        go += vis * v_a;
-                        const T v_sigma = -raw * v_a;
-                        gca += T(0.5) * dx * dx * v_sigma;
-                        gcb += dx * dy * v_sigma;
-                        gcc += T(0.5) * dy * dy * v_sigma;
-                        gmx -= v_sigma * (ca * dx + cb * dy);
-                        gmy -= v_sigma * (cb * dx + cc * dy);
-                    }
-                }
-            }
-            T* out = scratch.data() + static_cast<size_t>(j) * stride;
-            out[0] = gmx; out[1] = gmy;
-            out[2] = gca; out[3] = gcb; out[4] = gcc;
-            out[5] = go;
-            for (int d = 0; d < D; ++d) out[6 + d] = gf[d];
-        }
-    });
+    if (D == 4)
+        backward_tiles<T, 4>(C, D, W, H, packed, offsets, ids, final_T, last_in, v_img, v_alpha,
+                             scratch.data(), n_threads);
+    else
+        backward_tiles<T, 0>(C, D, W, H, packed, offsets, ids, final_T, last_in, v_img, v_alpha,
+                             scratch.data(), n_threads);
     // gather: camera c's intersections touch only camera c's Gaussians
     parallel_for(C, n_threads, [&](int64_t c) {
         std::fill(g_means2d + 2 * c * N, g_means2d + 2 * (c + 1) * N, T(0));
@@ -824,7 +1074,7 @@ void backward(int64_t C, int64_t N, int D, int W, int H, const T* means2d, const
         std::fill(g_opac + c * N, g_opac + (c + 1) * N, T(0));
         std::fill(g_feats + D * c * N, g_feats + D * (c + 1) * N, T(0));
         for (int64_t j = offsets[c * nt]; j < offsets[(c + 1) * nt]; ++j) {
-            const int64_t k = ids[j];
+            const int64_t k = c * N + order[ids[j]];
             const T* in = scratch.data() + static_cast<size_t>(j) * stride;
             g_means2d[2 * k] += in[0];
             g_means2d[2 * k + 1] += in[1];
@@ -841,7 +1091,10 @@ void backward(int64_t C, int64_t N, int D, int W, int H, const T* means2d, const
 
 extern "C" {
 
-int ds4d_raster_abi_version() { return 2; }
+int ds4d_raster_abi_version() { return 3; }
+#ifdef DS4D_STATS
+void ds4d_stats(int64_t* out) { out[0] = g_visits; out[1] = g_rows; out[2] = g_vecs; out[3] = g_boxrows; g_visits = g_rows = g_vecs = g_boxrows = 0; }
+#endif
 
 #define DS4D_EXPORT(SUFFIX, T)                                                                   \
     void ds4d_project_##SUFFIX(const int64_t* dims, const int64_t* strides, const T* means,      \
@@ -871,18 +1124,19 @@ int ds4d_raster_abi_version() { return 2; }
     }                                                                                            \
     void ds4d_forward_##SUFFIX(int64_t C, int64_t N, int D, int W, int H, const T* m, const T* con, \
                                const T* f, const T* o, const int32_t* r, const int32_t* order,   \
-                               const int32_t* n_vis, const int64_t* off, int32_t* ids, T* img,   \
-                               T* tr, int32_t* last, int nt) {                                   \
-        forward<T>(C, N, D, W, H, m, con, f, o, r, order, n_vis, off, ids, img, tr, last, nt);   \
+                               const int32_t* n_vis, const int64_t* off, int32_t* ids,           \
+                               T* packed, T* img, T* tr, int32_t* last, int nt) {                \
+        forward<T>(C, N, D, W, H, m, con, f, o, r, order, n_vis, off, ids, packed, img, tr, last, \
+                   nt);                                                                          \
     }                                                                                            \
-    void ds4d_backward_##SUFFIX(int64_t C, int64_t N, int D, int W, int H, const T* m,             \
-                                const T* con, const T* f, const T* o, const int32_t* r,          \
-                                const int64_t* off, const int32_t* ids, const T* tr,             \
-                                const int32_t* last, const T* vimg, const T* va, T* gm, T* gc,   \
-                                T* gf, T* go, int nt) {                                          \
-        backward<T>(C, N, D, W, H, m, con, f, o, r, off, ids, tr, last, vimg, va, gm, gc, gf, go, \
+    void ds4d_backward_##SUFFIX(int64_t C, int64_t N, int D, int W, int H, const T* packed,       \
+                                const int32_t* order, const int64_t* off, const int32_t* ids,    \
+                                const T* tr, const int32_t* last, const T* vimg, const T* va,    \
+                                T* gm, T* gc, T* gf, T* go, int nt) {                            \
+        backward<T>(C, N, D, W, H, packed, order, off, ids, tr, last, vimg, va, gm, gc, gf, go,   \
                     nt);                                                                         \
-    }
+    }                                                                                            \
+    int ds4d_record_size_##SUFFIX(int D) { return record_size(D); }
 
 DS4D_EXPORT(f32, float)
 DS4D_EXPORT(f64, double)
