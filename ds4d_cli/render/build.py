@@ -26,7 +26,7 @@ FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno",
 # Tuned for the building CPU when the compiler allows it (~15% faster); the cache key includes
 # the CPU's identity so a library is never loaded on a machine it was not built for.
 NATIVE = ["-march=native"]
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -102,7 +102,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "project": ([P] * 14 + [I], None),
         "project_backward": ([P] * 17 + [I], None),
         "bin": ([I64, I64, I, I, P, P, P, I64, P, P, P, I], I64),
-        "forward": ([I64, I64, I, I, I] + [P] * 13 + [I], None),
+        "forward": ([I64, I64, I, I, I] + [P] * 14 + [I], None),
         "backward": ([I64, I64, I, I, I] + [P] * 12 + [I], None),
         "record_size": ([I], I),
     }
@@ -111,6 +111,8 @@ def _declare(lib: ctypes.CDLL) -> None:
             fn = getattr(lib, f"ds4d_{name}_{sfx}")
             fn.argtypes = args
             fn.restype = res
+    lib.ds4d_probe_flops.argtypes = [I64, I]
+    lib.ds4d_probe_flops.restype = ctypes.c_double
 
 
 def load(auto_build: bool = True) -> Optional[ctypes.CDLL]:

@@ -54,6 +54,20 @@ def depth_order(depths: Tensor, radii: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- C++ kernel
+# Work counters of the compositor (pairs composited, lanes evaluated), summed over forward calls
+# while a caller collects them (the benchmark's FLOP floor); None = not counted.
+_STATS: Optional[Tensor] = None
+
+
+def count_work(enable: bool = True) -> Optional[Tensor]:
+    """Start (reset) or stop counting the compositor's work; returns the int64 [pairs, lanes]
+    counter being filled: pairs are Gaussian-pixel pairs with alpha >= 1/255 that reached
+    compositing, lanes the SIMD lanes evaluated (8 pixels per vector)."""
+    global _STATS
+    _STATS = torch.zeros(2, dtype=torch.int64) if enable else None
+    return _STATS
+
+
 def _sfx(dtype: torch.dtype) -> str:
     return "f64" if dtype == torch.float64 else "f32"
 
@@ -86,7 +100,7 @@ class _ExtRasterize(torch.autograd.Function):
         getattr(lib, f"ds4d_forward_{sfx}")(
             C, N, D, width, height, _ptr(m2), _ptr(con), _ptr(f), _ptr(op), _ptr(radii), _ptr(order),
             _ptr(n_vis), _ptr(offsets), _ptr(ids), _ptr(packed), _ptr(img), _ptr(trans), _ptr(last),
-            n_threads,
+            _ptr(_STATS) if _STATS is not None else None, n_threads,
         )
         ctx.save_for_backward(packed, order, offsets, ids, trans, last)
         ctx.dims = (C, N, D, width, height)

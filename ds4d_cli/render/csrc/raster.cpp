@@ -726,6 +726,12 @@ inline V select(M m, V a, V b) {  // m ? a : b, lane-wise (m lanes are 0 or -1)
     return (V)(((M)a & m) | ((M)b & ~m));
 }
 
+#if defined(__AVX__)
+inline Simd<float>::V select(Simd<float>::M m, Simd<float>::V a, Simd<float>::V b) {
+    return (Simd<float>::V)_mm256_blendv_ps((__m256)b, (__m256)a, (__m256)m);
+}
+#endif
+
 template <typename M>
 inline bool any(M m) {
     uint64_t w[sizeof(M) / 8];
@@ -752,26 +758,36 @@ inline typename std::remove_reference<decltype(V{}[0])>::type hsum(V v) {
     return s;
 }
 
-// exp(-s) for s >= 0. float: a branch-free Cephes-style polynomial (about 1 ulp); double:
+// a * b + c; one rounding (a fused multiply-add) where the CPU has FMA. Explicit, not left to
+// the compiler's contraction (-ffp-contract=off), so every call site rounds the same way.
+inline Simd<float>::V fmadd(Simd<float>::V a, Simd<float>::V b, Simd<float>::V c) {
+#if defined(__FMA__)
+    return (Simd<float>::V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    return a * b + c;
+#endif
+}
+
+inline Simd<double>::V fmadd(Simd<double>::V a, Simd<double>::V b, Simd<double>::V c) { return a * b + c; }
+
+// exp(-s) for s >= 0. float: 2^t with t = -s log2(e) split into round(t) (the exponent bits)
+// and f in [-1/2, 1/2], 2^f by a degree-5 polynomial (max relative error 2.5e-7); double:
 // std::exp per lane. Forward and backward call the same code, so they make identical
 // threshold decisions.
 inline Simd<float>::V exp_neg(Simd<float>::V s) {
     typedef Simd<float>::V V;
     typedef Simd<float>::M M;
-    V x = -s;
-    x = select(x < -87.0f, V{} - 87.0f, x);
-    // round to nearest via the 1.5 * 2^23 trick
-    const V fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    V r = x - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    V p = V{} + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const M e = __builtin_convertvector(fn, M) + 127;
+    V t = s * -1.44269504088896341f;
+    t = select(t < -125.0f, V{} - 125.0f, t);
+    const V n = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
+    const V f = t - n;
+    V p = V{} + 1.3400432653725147e-3f;
+    p = fmadd(p, f, V{} + 9.676037356257439e-3f);
+    p = fmadd(p, f, V{} + 5.550327152013779e-2f);
+    p = fmadd(p, f, V{} + 2.402210682630539e-1f);
+    p = fmadd(p, f, V{} + 6.931471824645996e-1f);
+    p = fmadd(p, f, V{} + 1.0000001192092896f);
+    const M e = __builtin_convertvector(n, M) + 127;
     return p * (V)(e << 23);
 }
 inline Simd<double>::V exp_neg(Simd<double>::V s) {
@@ -815,9 +831,9 @@ struct Visit {
         hc = T(0.5) * rec[4];
         return true;
     }
-    // sigma = a dx^2/2 + b dx dy + c dy^2/2 and exp(-sigma) (0 where sigma < 0)
-    void eval(int h, T dy, V& sig, V& vis) const {
-        sig = (qx[h] + bx[h] * dy) + hc * dy * dy;
+    // sigma = a dx^2/2 + b dx dy + c dy^2/2 and exp(-sigma) (0 where sigma < 0); cy = c dy^2/2
+    void eval(int h, T dy, T cy, V& sig, V& vis) const {
+        sig = (qx[h] + bx[h] * dy) + cy;
         const V e = exp_neg(select(sig > T(0), sig, V{}));
         vis = select(sig >= T(0), e, V{});
     }
@@ -827,7 +843,9 @@ struct Visit {
 
 template <typename T, int DC>
 void forward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int64_t* offsets,
-                   const int32_t* ids, T* out_img, T* out_T, int32_t* out_last, int n_threads) {
+                   const int32_t* ids, T* out_img, T* out_T, int32_t* out_last, int64_t* stats,
+                   int n_threads) {
+    std::atomic<int64_t> n_lanes{0}, n_pairs{0};
     typedef typename Simd<T>::V V;
     typedef typename Simd<T>::M M;
     const int D = DC > 0 ? DC : Dr;
@@ -846,6 +864,7 @@ void forward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int64
         V alphas[VECS];
         M oks[VECS];
         int active = 0;
+        int64_t lanes = 0, pairs = 0;
         for (int v = 0; v < VECS; ++v) {
             Tr[v] = V{} + T(1);
             last[v] = M{};
@@ -863,13 +882,15 @@ void forward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int64
             const auto rank1 = static_cast<typename std::remove_reference<decltype(M{}[0])>::type>(j - start + 1);
             Visit<T> vs;
             if (!vs.init(rec, px0, py0, px1, py1)) continue;
+            if (stats) lanes += int64_t(vs.y1 - vs.y0) * (vs.h1 - vs.h0 + 1) * LANES;
             // phase 1, branch-free: the exp chains of all vectors overlap
             for (int y = vs.y0; y < vs.y1; ++y) {
                 const T dy = (T(y) + T(0.5)) - rec[1];
+                const T cy = vs.hc * dy * dy;
                 for (int h = vs.h0; h <= vs.h1; ++h) {
                     const int v = (y - py0) * HALVES + h;
                     V sig, vis;
-                    vs.eval(h, dy, sig, vis);
+                    vs.eval(h, dy, cy, sig, vis);
                     alphas[v] = select(o * vis < alpha_max, o * vis, V{} + alpha_max);
                     oks[v] = (sig >= T(0)) & (alphas[v] >= alpha_min);
                 }
@@ -881,6 +902,7 @@ void forward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int64
                     const V alpha = alphas[v];
                     M ok = oks[v] & alive[v];
                     if (!any(ok)) continue;
+                    if (stats) pairs += count(ok);
                     const V nT = Tr[v] * (T(1) - alpha);
                     const M term = ok & (nT <= t_min);
                     if (any(term)) {  // the ray stops before this Gaussian (exclusive)
@@ -907,7 +929,15 @@ void forward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int64
                 for (int d = 0; d < D; ++d) out_img[p * D + d] = a[d][l];
             }
         }
+        if (stats) {
+            n_lanes += lanes;
+            n_pairs += pairs;
+        }
     });
+    if (stats) {
+        stats[0] += n_pairs;
+        stats[1] += n_lanes;
+    }
 }
 
 // Packs the visible Gaussians of each camera in depth order and fills the per-tile lists
@@ -916,7 +946,7 @@ template <typename T>
 void forward(int64_t C, int64_t N, int D, int W, int H, const T* means2d, const T* conics,
              const T* feats, const T* opac, const int32_t* radii, const int32_t* order,
              const int32_t* n_vis, const int64_t* offsets, int32_t* ids, T* packed, T* out_img,
-             T* out_T, int32_t* out_last, int n_threads) {
+             T* out_T, int32_t* out_last, int64_t* stats, int n_threads) {
     const int tx = (W + TILE - 1) / TILE, ty = (H + TILE - 1) / TILE;
     const int64_t nt = static_cast<int64_t>(tx) * ty;
     const int R = record_size(D);
@@ -942,9 +972,9 @@ void forward(int64_t C, int64_t N, int D, int W, int H, const T* means2d, const 
         }
     });
     if (D == 4)
-        forward_tiles<T, 4>(C, D, W, H, packed, offsets, ids, out_img, out_T, out_last, n_threads);
+        forward_tiles<T, 4>(C, D, W, H, packed, offsets, ids, out_img, out_T, out_last, stats, n_threads);
     else
-        forward_tiles<T, 0>(C, D, W, H, packed, offsets, ids, out_img, out_T, out_last, n_threads);
+        forward_tiles<T, 0>(C, D, W, H, packed, offsets, ids, out_img, out_T, out_last, stats, n_threads);
 }
 
 template <typename T, int DC>
@@ -997,10 +1027,11 @@ void backward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int6
             if (!vs.init(rec, px0, py0, px1, py1)) continue;
             for (int y = vs.y0; y < vs.y1; ++y) {  // branch-free phase, as in the forward
                 const T dy = (T(y) + T(0.5)) - rec[1];
+                const T cy = vs.hc * dy * dy;
                 for (int h = vs.h0; h <= vs.h1; ++h) {
                     const int v = (y - py0) * HALVES + h;
                     V sig;
-                    vs.eval(h, dy, sig, viss[v]);
+                    vs.eval(h, dy, cy, sig, viss[v]);
                     oks[v] = (sig >= T(0)) & (o * viss[v] >= alpha_min);
                 }
             }
@@ -1022,26 +1053,27 @@ void backward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int6
                     const V* vi = vimg.data() + static_cast<size_t>(v) * D;
                     V v_a = Tfin[v] * ra * va[v];
                     for (int d = 0; d < D; ++d) {
-                        gf[d] += w * vi[d];
-                        v_a += (f[d] * Tn - b[d] * ra) * vi[d];
-                        b[d] += f[d] * w;
+                        gf[d] = fmadd(w, vi[d], gf[d]);
+                        v_a = fmadd(fmadd(V{} + f[d], Tn, -(b[d] * ra)), vi[d], v_a);
+                        b[d] = fmadd(V{} + f[d], w, b[d]);
                     }
                     const M unclamped = ok & (raw <= alpha_max);
                     go += select(unclamped, vis * v_a, V{});
                     const V v_sigma = select(unclamped, -raw * v_a, V{});
-                    gca += T(0.5) * dx * dx * v_sigma;
-                    gcb += dx * dy * v_sigma;
-                    gcc += T(0.5) * dy * dy * v_sigma;
-                    gmx -= v_sigma * (ca * dx + cb * dy);
-                    gmy -= v_sigma * (cb * dx + cc * dy);
+                    const V sdx = v_sigma * dx;
+                    gca = fmadd(sdx, dx, gca);  // halved after the loop
+                    gcb = fmadd(sdx, V{} + dy, gcb);
+                    gcc = fmadd(v_sigma, V{} + dy * dy, gcc);  // halved after the loop
+                    gmx -= v_sigma * fmadd(V{} + ca, dx, V{} + cb * dy);
+                    gmy -= v_sigma * fmadd(V{} + cb, dx, V{} + cc * dy);
                 }
             }
             T* out = scratch + static_cast<size_t>(j) * stride;
             out[0] = hsum(gmx);
             out[1] = hsum(gmy);
-            out[2] = hsum(gca);
+            out[2] = T(0.5) * hsum(gca);
             out[3] = hsum(gcb);
-            out[4] = hsum(gcc);
+            out[4] = T(0.5) * hsum(gcc);
             out[5] = hsum(go);
             for (int d = 0; d < D; ++d) out[6 + d] = hsum(gf[d]);
         }
@@ -1091,7 +1123,7 @@ void backward(int64_t C, int64_t N, int D, int W, int H, const T* packed, const 
 
 extern "C" {
 
-int ds4d_raster_abi_version() { return 3; }
+int ds4d_raster_abi_version() { return 4; }
 #ifdef DS4D_STATS
 void ds4d_stats(int64_t* out) { out[0] = g_visits; out[1] = g_rows; out[2] = g_vecs; out[3] = g_boxrows; g_visits = g_rows = g_vecs = g_boxrows = 0; }
 #endif
@@ -1125,9 +1157,9 @@ void ds4d_stats(int64_t* out) { out[0] = g_visits; out[1] = g_rows; out[2] = g_v
     void ds4d_forward_##SUFFIX(int64_t C, int64_t N, int D, int W, int H, const T* m, const T* con, \
                                const T* f, const T* o, const int32_t* r, const int32_t* order,   \
                                const int32_t* n_vis, const int64_t* off, int32_t* ids,           \
-                               T* packed, T* img, T* tr, int32_t* last, int nt) {                \
+                               T* packed, T* img, T* tr, int32_t* last, int64_t* stats, int nt) { \
         forward<T>(C, N, D, W, H, m, con, f, o, r, order, n_vis, off, ids, packed, img, tr, last, \
-                   nt);                                                                          \
+                   stats, nt);                                                                   \
     }                                                                                            \
     void ds4d_backward_##SUFFIX(int64_t C, int64_t N, int D, int W, int H, const T* packed,       \
                                 const int32_t* order, const int64_t* off, const int32_t* ids,    \
@@ -1140,5 +1172,24 @@ void ds4d_stats(int64_t* out) { out[0] = g_visits; out[1] = g_rows; out[2] = g_v
 
 DS4D_EXPORT(f32, float)
 DS4D_EXPORT(f64, double)
+
+// Throughput probe for the benchmark's FLOP floor: independent vector multiply-adds (fused
+// where the CPU has FMA, as the kernel's) on n_threads threads of the kernel's pool. Returns
+// the floating-point operations done; the caller times the call.
+double ds4d_probe_flops(int64_t iters, int n_threads) {
+    typedef Simd<float>::V V;
+    std::atomic<int64_t> sink{0};
+    parallel_for(n_threads, n_threads, [&](int64_t t) {
+        V a[12];
+        for (int k = 0; k < 12; ++k) a[k] = V{} + float(t + k) * 1e-3f;
+        const V m = V{} + 0.999f, c = V{} + 1e-3f;
+        for (int64_t i = 0; i < iters; ++i)
+            for (int k = 0; k < 12; ++k) a[k] = fmadd(a[k], m, c);
+        float s = 0;
+        for (int k = 0; k < 12; ++k) s += hsum(a[k]);
+        sink += static_cast<int64_t>(s);
+    });
+    return double(n_threads) * double(iters) * 12 * LANES * 2 + 0 * double(sink.load());
+}
 
 }  // extern "C"
