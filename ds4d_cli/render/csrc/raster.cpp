@@ -808,6 +808,7 @@ template <typename T>
 struct Visit {
     typedef typename Simd<T>::V V;
     int y0, y1, h0, h1;  // pixel rows [y0, y1), half-rows [h0, h1]
+    int vb, ve, step;    // the same as vector indices: vb, vb + step, ... < ve
     V dx[HALVES];        // pixel centre x - mean x
     V qx[HALVES];        // a dx^2 / 2
     V bx[HALVES];        // b dx
@@ -820,6 +821,10 @@ struct Visit {
         if (xs >= xe || y0 >= y1) return false;
         h0 = (xs - px0) / LANES;
         h1 = (xe - 1 - px0) / LANES;
+        vb = (y0 - py0) * HALVES + h0;
+        ve = (y1 - 1 - py0) * HALVES + h1 + 1;
+        step = h1 > h0 ? 1 : HALVES;  // both halves of each row are contiguous; one is strided
+        static_assert(HALVES == 2, "the vector walk assumes two halves per row");
         V lane;
         for (int l = 0; l < LANES; ++l) lane[l] = T(l) + T(0.5);
         const T ha = T(0.5) * rec[2];
@@ -831,9 +836,12 @@ struct Visit {
         hc = T(0.5) * rec[4];
         return true;
     }
-    // sigma = a dx^2/2 + b dx dy + c dy^2/2 and exp(-sigma) (0 where sigma < 0); cy = c dy^2/2
-    void eval(int h, T dy, T cy, V& sig, V& vis) const {
-        sig = (qx[h] + bx[h] * dy) + cy;
+    // dy (pixel centre y - mean y) of vector v of the tile at row py0
+    T dy(int v, int py0, T my) const { return (T(py0 + v / HALVES) + T(0.5)) - my; }
+    // sigma = a dx^2/2 + b dx dy + c dy^2/2 and exp(-sigma) (0 where sigma < 0)
+    void eval(int v, T dy, V& sig, V& vis) const {
+        const int h = v % HALVES;
+        sig = (qx[h] + bx[h] * dy) + hc * dy * dy;
         const V e = exp_neg(select(sig > T(0), sig, V{}));
         vis = select(sig >= T(0), e, V{});
     }
@@ -884,21 +892,15 @@ void forward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int64
             if (!vs.init(rec, px0, py0, px1, py1)) continue;
             if (stats) lanes += int64_t(vs.y1 - vs.y0) * (vs.h1 - vs.h0 + 1) * LANES;
             // phase 1, branch-free: the exp chains of all vectors overlap
-            for (int y = vs.y0; y < vs.y1; ++y) {
-                const T dy = (T(y) + T(0.5)) - rec[1];
-                const T cy = vs.hc * dy * dy;
-                for (int h = vs.h0; h <= vs.h1; ++h) {
-                    const int v = (y - py0) * HALVES + h;
-                    V sig, vis;
-                    vs.eval(h, dy, cy, sig, vis);
-                    alphas[v] = select(o * vis < alpha_max, o * vis, V{} + alpha_max);
-                    oks[v] = (sig >= T(0)) & (alphas[v] >= alpha_min);
-                }
+            for (int v = vs.vb; v < vs.ve; v += vs.step) {
+                V sig, vis;
+                vs.eval(v, vs.dy(v, py0, rec[1]), sig, vis);
+                alphas[v] = select(o * vis < alpha_max, o * vis, V{} + alpha_max);
+                oks[v] = alphas[v] >= alpha_min;  // vis = 0 where sigma < 0
             }
             // phase 2: composite
-            for (int y = vs.y0; y < vs.y1; ++y) {
-                for (int h = vs.h0; h <= vs.h1; ++h) {
-                    const int v = (y - py0) * HALVES + h;
+            for (int v = vs.vb; v < vs.ve; v += vs.step) {
+                {
                     const V alpha = alphas[v];
                     M ok = oks[v] & alive[v];
                     if (!any(ok)) continue;
@@ -1025,23 +1027,17 @@ void backward_tiles(int64_t C, int Dr, int W, int H, const T* packed, const int6
             std::fill(gf.begin(), gf.end(), V{});
             Visit<T> vs;
             if (!vs.init(rec, px0, py0, px1, py1)) continue;
-            for (int y = vs.y0; y < vs.y1; ++y) {  // branch-free phase, as in the forward
-                const T dy = (T(y) + T(0.5)) - rec[1];
-                const T cy = vs.hc * dy * dy;
-                for (int h = vs.h0; h <= vs.h1; ++h) {
-                    const int v = (y - py0) * HALVES + h;
-                    V sig;
-                    vs.eval(h, dy, cy, sig, viss[v]);
-                    oks[v] = (sig >= T(0)) & (o * viss[v] >= alpha_min);
-                }
+            for (int v = vs.vb; v < vs.ve; v += vs.step) {  // branch-free phase, as in the forward
+                V sig;
+                vs.eval(v, vs.dy(v, py0, rec[1]), sig, viss[v]);
+                oks[v] = o * viss[v] >= alpha_min;  // vis = 0 where sigma < 0
             }
-            for (int y = vs.y0; y < vs.y1; ++y) {
-                const T dy = (T(y) + T(0.5)) - rec[1];
-                for (int h = vs.h0; h <= vs.h1; ++h) {
-                    const int v = (y - py0) * HALVES + h;
+            for (int v = vs.vb; v < vs.ve; v += vs.step) {
+                {
+                    const T dy = vs.dy(v, py0, rec[1]);
                     const M ok = oks[v] & (M{} + rank < last[v]);
                     if (!any(ok)) continue;
-                    const V dx = vs.dx[h];
+                    const V dx = vs.dx[v % HALVES];
                     const V vis = viss[v];
                     const V raw = o * vis;
                     const V alpha = select(raw < alpha_max, raw, V{} + alpha_max);
