@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = Path(__file__).with_name("csrc") / "raster.cpp"
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=off"]
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
 # Tuned for the building CPU when the compiler allows it (~15% faster); the cache key includes
 # the CPU's identity so a library is never loaded on a machine it was not built for.
 NATIVE = ["-march=native"]

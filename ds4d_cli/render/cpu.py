@@ -359,6 +359,10 @@ def composite(
     means2d = means2d.to(dtype)
     radii = radii.to(torch.int32).contiguous()
     lib = _load_ext(use_ext, dtype, feats.device)
+    if lib is not None and feats.shape[0] * feats.shape[1] >= 2**31 - 1:  # int32 ids in the kernel
+        if use_ext:
+            raise RuntimeError("C++ CPU rasterizer: cameras x Gaussians must stay below 2^31")
+        lib = None
     if lib is None:
         with one_thread():
             order = depth_order(depths, radii)

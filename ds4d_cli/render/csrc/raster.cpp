@@ -30,6 +30,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <pthread.h>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -61,8 +62,7 @@ constexpr double NORM_EPS = 1e-12;  // torch.nn.functional.normalize
 // items that were claimed, never for a helper to wake up: on a busy machine a helper that is
 // not scheduled in time simply finds no work left, instead of stalling the render (spawning
 // and joining threads per call cost milliseconds of wall time under load). Helpers are
-// started lazily and never destroyed (they sleep on a condition variable); after fork() the
-// child has none, and the caller then does every item itself.
+// started lazily and sleep on a condition variable between jobs.
 class Pool {
   public:
     template <typename F>
@@ -133,9 +133,18 @@ class Pool {
     uint64_t generation_ = 0;
 };
 
+// Never destroyed: helpers may still sleep at exit. A forked child gets a fresh pool (the
+// parent's helpers do not exist there, and a mutex could have been copied while held); the
+// old one is leaked on purpose, since destroying a std::thread that was never joined aborts.
+Pool* g_pool = nullptr;
+std::once_flag g_pool_once;
+
 Pool& pool() {
-    static Pool* p = new Pool;  // never destroyed: helpers may still sleep at exit
-    return *p;
+    std::call_once(g_pool_once, [] {
+        g_pool = new Pool;
+        pthread_atfork(nullptr, nullptr, [] { g_pool = new Pool; });
+    });
+    return *g_pool;
 }
 
 template <typename F>
