@@ -6,8 +6,9 @@ depth and the ``info`` dict that ``gsplat.strategy.DefaultStrategy`` reads. Came
 :mod:`ds4d_cli.cameras` (OpenCV axes, world-to-camera ``viewmats`` [C,4,4], pixel ``Ks``).
 
 Backends:
-- ``cpu``: tiled compositor (16 px tiles, per-tile depth order), a small C++ kernel when it
-  is built (``python -m ds4d_cli.render.build``), pure torch otherwise.
+- ``cpu``: tiled compositor (16 px tiles, per-tile depth order). With the C++ kernel built
+  (``python -m ds4d_cli.render.build``) the projection, colours, sort, binning and compositing
+  all run in it (:func:`.cpu.fused_render`); pure torch otherwise.
 - ``cuda``: gsplat's CUDA tile intersection and rasterizer (needs a GPU).
 - ``dense``: every pixel x every Gaussian; the reference the others are tested against.
 - ``auto``: ``cuda`` when CUDA is available and the tensors are on it, else ``cpu``.

@@ -2,11 +2,19 @@
 
 Two implementations of the same maths (see :mod:`.projection` for the constants):
 
-- the C++ kernel (:mod:`.build`), a forward and a hand-written backward over per-tile sorted
-  lists, wrapped in one ``torch.autograd.Function``; used whenever it builds;
-- a pure-torch fallback: tiles are grouped into buckets by load (lists padded to the next
-  power of two, not to the busiest tile), each bucket is evaluated in bounded chunks
-  ([tiles, 256 px, K] at a time) and recomputed in backward by checkpointing.
+- the C++ kernel (:mod:`.build`, ``csrc/raster.cpp``), used whenever it builds. In the common
+  case (float32/64, RGB or SH degree 0..3, cameras without gradients) :func:`fused_render` runs
+  the whole render in it: projection and colours (``_ExtProject``), then depth sort, tile
+  binning, compositing and gradient gathering (``_ExtRasterize``), each with a hand-written
+  backward. Two autograd Functions rather than one so that ``means2d`` is a real intermediate
+  whose ``.grad`` (retained by gsplat's DefaultStrategy) is the full gradient that reaches it.
+  Otherwise :func:`composite` puts the same compositor behind the torch projection;
+- a pure-torch fallback (``DS4D_RENDER_EXT=0``): tiles are grouped into buckets by load (lists
+  padded to the next power of two, not to the busiest tile), each bucket is evaluated in bounded
+  chunks ([tiles, 256 px, K] at a time) and recomputed in backward by checkpointing.
+
+torch work around the kernel is single-threaded (see :mod:`.serial`); the kernel has its own
+threads (:func:`kernel_threads`).
 """
 
 from __future__ import annotations
