@@ -8,15 +8,20 @@
 //   ds4d_project   means/quats/scales/opacities/colours -> means2d, conics, feats (rgb, depth),
 //                  per-camera opacity, radii. Same maths as render/projection.py (gsplat 1.5.3's
 //                  pinhole projection) and render.evaluate_colors (SH degree 0..3).
-//   ds4d_bin       per camera: visible Gaussians sorted front to back, tile counts and offsets.
-//   ds4d_forward   fills the per-tile lists and composites every (camera, 16x16 tile).
+//   ds4d_bin       per camera: visible Gaussians radix-sorted front to back, tile offsets.
+//   ds4d_forward   packs the visible Gaussians in depth order (one cache line each), fills the
+//                  per-tile lists and composites every (camera, 16x16 tile).
 //   ds4d_backward  the compositor's backward, summed per (camera, Gaussian).
 //   ds4d_project_backward  the projection's (and SH's) backward to the inputs.
 //
-// Work is spread over std::threads (parallel_for hands out items through an atomic counter, so
-// busy and empty tiles balance themselves and a descheduled worker costs little). Every write
-// has one owner (a tile's intersections, a camera's list, a Gaussian's gradient), so results
-// are deterministic and independent of the thread count.
+// Compositing is SIMD over 8-pixel half-rows (GCC/Clang vector extensions: AVX2 with
+// -march=native, pairs of SSE/NEON registers otherwise). For each Gaussian a tile lists, the
+// vectors its box covers are evaluated branch-free first (sigma, exp, alpha: independent chains
+// the CPU overlaps), then composited under lane masks.
+//
+// Work is spread over a persistent thread pool (see Pool). Every write has one owner (a
+// tile's pixels and intersections, a camera's list, a Gaussian's gradient), so results are
+// deterministic and independent of the thread count.
 //
 // Per pixel (centre at +0.5), for the tile's Gaussians in depth order:
 //   sigma = a dx^2/2 + b dx dy + c dy^2/2,  alpha = min(0.999, o exp(-sigma)),
@@ -45,7 +50,6 @@
 namespace {
 
 constexpr int TILE = 16;
-constexpr int TILE_PIX = TILE * TILE;
 constexpr int FEAT = 4;  // fused path: rgb + depth
 
 // projection constants (render/projection.py)
@@ -710,9 +714,6 @@ int64_t bin(int64_t C, int64_t N, int W, int H, const T* means2d, const int32_t*
 
 // Eight pixels (half a tile row) per vector, through the GCC/Clang vector extensions: AVX2
 // registers with -march=native on x86, pairs of SSE/NEON registers on a portable build.
-#ifdef DS4D_STATS
-std::atomic<int64_t> g_visits{0}, g_rows{0}, g_vecs{0}, g_boxrows{0};
-#endif
 constexpr int LANES = 8;
 constexpr int HALVES = TILE / LANES;
 constexpr int VECS = TILE * HALVES;  // vectors per tile
@@ -1129,9 +1130,6 @@ void backward(int64_t C, int64_t N, int D, int W, int H, const T* packed, const 
 extern "C" {
 
 int ds4d_raster_abi_version() { return 4; }
-#ifdef DS4D_STATS
-void ds4d_stats(int64_t* out) { out[0] = g_visits; out[1] = g_rows; out[2] = g_vecs; out[3] = g_boxrows; g_visits = g_rows = g_vecs = g_boxrows = 0; }
-#endif
 
 #define DS4D_EXPORT(SUFFIX, T)                                                                   \
     void ds4d_project_##SUFFIX(const int64_t* dims, const int64_t* strides, const T* means,      \
