@@ -6,8 +6,9 @@ depth and the ``info`` dict that ``gsplat.strategy.DefaultStrategy`` reads. Came
 :mod:`ds4d_cli.cameras` (OpenCV axes, world-to-camera ``viewmats`` [C,4,4], pixel ``Ks``).
 
 Backends:
-- ``cpu``: tiled compositor (16 px tiles, per-tile depth order), a small C++ kernel when it
-  is built (``python -m ds4d_cli.render.build``), pure torch otherwise.
+- ``cpu``: tiled compositor (16 px tiles, per-tile depth order). With the C++ kernel built
+  (``python -m ds4d_cli.render.build``) the projection, colours, sort, binning and compositing
+  all run in it (:func:`.cpu.fused_render`); pure torch otherwise.
 - ``cuda``: gsplat's CUDA tile intersection and rasterizer (needs a GPU).
 - ``dense``: every pixel x every Gaussian; the reference the others are tested against.
 - ``auto``: ``cuda`` when CUDA is available and the tensors are on it, else ``cpu``.
@@ -25,7 +26,7 @@ from ds4d_cli.cameras import camera_centers
 
 from . import dense
 from .projection import project
-from .serial import run_serial
+from .serial import one_thread, run_serial
 
 BACKENDS = ("auto", "cpu", "cuda", "dense")
 # Variants of "cpu" that pin one implementation (tests, benchmark).
@@ -106,12 +107,24 @@ def render(
     width, height = int(width), int(height)
     means_c = _per_camera(means, C, 2)
     N = means_c.shape[1]
-    quats_c = quats if quats.dim() == 2 else _per_camera(quats, C, 2)
-    scales_c = scales if scales.dim() == 2 else _per_camera(scales, C, 2)
     if opacities.dim() >= 2 and opacities.shape[-1] == 1 and opacities.shape[-2] == N:
         opacities = opacities[..., 0]  # [N,1] / [C,N,1] as some callers keep them
-    opac_c = _per_camera(opacities, C, 1)
     chosen = resolve_backend(backend, means_c.device)
+    if chosen in _CPU_VARIANTS:
+        from . import cpu
+
+        # the common case: everything up to the image in the C++ kernel
+        fused = cpu.fused_render(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                                 sh_degree, use_ext=_CPU_VARIANTS[chosen])
+        if fused is not None:
+            img, alpha, means2d, conics, depths, radii = fused
+            with one_thread():
+                rgb, depth = _finish(img, alpha, background, C)
+            return RenderOutput(rgb=rgb, alpha=alpha, depth=depth,
+                                info=_info(means2d, radii, depths, conics, width, height, C, chosen))
+    quats_c = quats if quats.dim() == 2 else _per_camera(quats, C, 2)
+    scales_c = scales if scales.dim() == 2 else _per_camera(scales, C, 2)
+    opac_c = _per_camera(opacities, C, 1)
 
     def prepare(means_c, quats_c, scales_c, opac_c, colors, viewmats, Ks):
         rgb_c = evaluate_colors(colors, means_c, viewmats, sh_degree)
@@ -139,20 +152,28 @@ def render(
 
         img, alpha = cuda.composite(means2d, conics, feats, opac_c, depths, radii, width, height)
 
-    def finish(img, alpha, *bg):
-        rgb = img[..., :3]
-        if bg:
-            b = bg[0].to(rgb.dtype)
-            b = b.reshape(1, 1, 1, 3) if b.dim() == 1 else b.reshape(C, 1, 1, 3)
-            rgb = rgb + (1.0 - alpha) * b
-        return rgb, img[..., 3:4]
-
     extra = () if background is None else (background,)
     if chosen == "cuda":
-        rgb, depth = finish(img, alpha, *extra)
+        rgb, depth = _finish(img, alpha, background, C)
     else:
-        rgb, depth = run_serial(finish, img, alpha, *extra)
-    info: dict[str, Any] = {
+        rgb, depth = run_serial(lambda i, a, *bg: _finish(i, a, bg[0] if bg else None, C), img, alpha, *extra)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth,
+                        info=_info(means2d, radii, depths, conics, width, height, C, chosen))
+
+
+def _finish(img: Tensor, alpha: Tensor, background: Optional[Tensor], C: int) -> tuple[Tensor, Tensor]:
+    """Split the composited features into rgb (over the background) and depth."""
+    rgb = img[..., :3]
+    if background is not None:
+        b = background.to(rgb.dtype)
+        b = b.reshape(1, 1, 1, 3) if b.dim() == 1 else b.reshape(C, 1, 1, 3)
+        rgb = rgb + (1.0 - alpha) * b
+    return rgb, img[..., 3:4]
+
+
+def _info(means2d, radii, depths, conics, width, height, C, backend) -> dict[str, Any]:
+    """The dict gsplat's DefaultStrategy reads (means2d's .grad feeds densification)."""
+    return {
         "means2d": means2d,
         "radii": radii,
         "depths": depths,
@@ -163,9 +184,8 @@ def render(
         "tile_size": 16,
         "gaussian_ids": None,
         "camera_ids": None,
-        "backend": chosen,
+        "backend": backend,
     }
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, info=info)
 
 
 def cpu_extension_status() -> tuple[bool, str]:

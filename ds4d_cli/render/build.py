@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = Path(__file__).with_name("csrc") / "raster.cpp"
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=off"]
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
 # Tuned for the building CPU when the compiler allows it (~15% faster); the cache key includes
 # the CPU's identity so a library is never loaded on a machine it was not built for.
 NATIVE = ["-march=native"]
-ABI_VERSION = 1
+ABI_VERSION = 4
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -98,13 +98,21 @@ def build(verbose: bool = False) -> Path:
 
 def _declare(lib: ctypes.CDLL) -> None:
     P, I64, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    signatures = {
+        "project": ([P] * 14 + [I], None),
+        "project_backward": ([P] * 17 + [I], None),
+        "bin": ([I64, I64, I, I, P, P, P, I64, P, P, P, I], I64),
+        "forward": ([I64, I64, I, I, I] + [P] * 14 + [I], None),
+        "backward": ([I64, I64, I, I, I] + [P] * 12 + [I], None),
+        "record_size": ([I], I),
+    }
     for sfx in ("f32", "f64"):
-        getattr(lib, f"ds4d_count_tiles_{sfx}").argtypes = [I64, I64, I, I, P, P, P]
-        getattr(lib, f"ds4d_fill_tiles_{sfx}").argtypes = [I64, I64, I, I, P, P, P, P, P, I]
-        getattr(lib, f"ds4d_forward_{sfx}").argtypes = [I64, I64, I, I, I] + [P] * 10 + [I]
-        getattr(lib, f"ds4d_backward_{sfx}").argtypes = [I64, I64, I, I, I] + [P] * 15 + [I]
-        for name in ("count_tiles", "fill_tiles", "forward", "backward"):
-            getattr(lib, f"ds4d_{name}_{sfx}").restype = None
+        for name, (args, res) in signatures.items():
+            fn = getattr(lib, f"ds4d_{name}_{sfx}")
+            fn.argtypes = args
+            fn.restype = res
+    lib.ds4d_probe_flops.argtypes = [I64, I]
+    lib.ds4d_probe_flops.restype = ctypes.c_double
 
 
 def load(auto_build: bool = True) -> Optional[ctypes.CDLL]:

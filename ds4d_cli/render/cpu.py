@@ -2,11 +2,19 @@
 
 Two implementations of the same maths (see :mod:`.projection` for the constants):
 
-- the C++ kernel (:mod:`.build`), a forward and a hand-written backward over per-tile sorted
-  lists, wrapped in one ``torch.autograd.Function``; used whenever it builds;
-- a pure-torch fallback: tiles are grouped into buckets by load (lists padded to the next
-  power of two, not to the busiest tile), each bucket is evaluated in bounded chunks
-  ([tiles, 256 px, K] at a time) and recomputed in backward by checkpointing.
+- the C++ kernel (:mod:`.build`, ``csrc/raster.cpp``), used whenever it builds. In the common
+  case (float32/64, RGB or SH degree 0..3, cameras without gradients) :func:`fused_render` runs
+  the whole render in it: projection and colours (``_ExtProject``), then depth sort, tile
+  binning, compositing and gradient gathering (``_ExtRasterize``), each with a hand-written
+  backward. Two autograd Functions rather than one so that ``means2d`` is a real intermediate
+  whose ``.grad`` (retained by gsplat's DefaultStrategy) is the full gradient that reaches it.
+  Otherwise :func:`composite` puts the same compositor behind the torch projection;
+- a pure-torch fallback (``DS4D_RENDER_EXT=0``): tiles are grouped into buckets by load (lists
+  padded to the next power of two, not to the busiest tile), each bucket is evaluated in bounded
+  chunks ([tiles, 256 px, K] at a time) and recomputed in backward by checkpointing.
+
+torch work around the kernel is single-threaded (see :mod:`.serial`); the kernel has its own
+threads (:func:`kernel_threads`).
 """
 
 from __future__ import annotations
@@ -54,87 +62,184 @@ def depth_order(depths: Tensor, radii: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- C++ kernel
-def _bin_ext(lib, means2d: Tensor, radii: Tensor, order: Tensor, width: int, height: int, n_threads: int):
-    C, N = means2d.shape[:2]
-    n_tiles = num_tiles(width, TILE) * num_tiles(height, TILE)
-    sfx = "f64" if means2d.dtype == torch.float64 else "f32"
-    m2 = means2d.detach().contiguous()
-    rad = radii.contiguous()
-    counts = torch.zeros(C * n_tiles, dtype=torch.int32)
-    getattr(lib, f"ds4d_count_tiles_{sfx}")(C, N, width, height, _ptr(m2), _ptr(rad), _ptr(counts))
-    offsets = torch.zeros(C * n_tiles + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    ids = torch.empty(int(offsets[-1]), dtype=torch.int64)
-    order = order.contiguous()
-    getattr(lib, f"ds4d_fill_tiles_{sfx}")(
-        C, N, width, height, _ptr(m2), _ptr(rad), _ptr(order), _ptr(offsets), _ptr(ids),
-        n_threads,
-    )
-    return offsets, ids
+# Work counters of the compositor (pairs composited, lanes evaluated), summed over forward calls
+# while a caller collects them (the benchmark's FLOP floor); None = not counted.
+_STATS: Optional[Tensor] = None
+
+
+def count_work(enable: bool = True) -> Optional[Tensor]:
+    """Start (reset) or stop counting the compositor's work; returns the int64 [pairs, lanes]
+    counter being filled: pairs are Gaussian-pixel pairs with alpha >= 1/255 that reached
+    compositing, lanes the SIMD lanes evaluated (8 pixels per vector)."""
+    global _STATS
+    _STATS = torch.zeros(2, dtype=torch.int64) if enable else None
+    return _STATS
+
+
+def _sfx(dtype: torch.dtype) -> str:
+    return "f64" if dtype == torch.float64 else "f32"
 
 
 class _ExtRasterize(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, means2d, conics, feats, opacities, radii, offsets, ids, width, height, lib, n_threads):
-        with one_thread():
-            return _ExtRasterize._forward(
-                ctx, means2d, conics, feats, opacities, radii, offsets, ids, width, height, lib, n_threads
-            )
+    """Depth sort, tile binning and compositing in the C++ kernel; its backward sums the
+    per-intersection gradients per (camera, Gaussian) in C++ too."""
 
     @staticmethod
-    def _forward(ctx, means2d, conics, feats, opacities, radii, offsets, ids, width, height, lib, n_threads):
+    def forward(ctx, means2d, conics, feats, opacities, depths, radii, width, height, lib, n_threads):
         C, N, D = feats.shape
-        sfx = "f64" if feats.dtype == torch.float64 else "f32"
+        sfx = _sfx(feats.dtype)
         m2, con, f, op = (t.detach().contiguous() for t in (means2d, conics, feats, opacities))
+        dep = depths.detach()
+        if dep.dim() != 2 or dep.stride(0) != dep.stride(1) * N:  # flat-indexable with one stride
+            dep = dep.contiguous()
+        n_tiles = num_tiles(width, TILE) * num_tiles(height, TILE)
+        order = torch.empty(C * N, dtype=torch.int32)
+        n_vis = torch.empty(C, dtype=torch.int32)
+        offsets = torch.empty(C * n_tiles + 1, dtype=torch.int64)
+        total = getattr(lib, f"ds4d_bin_{sfx}")(
+            C, N, width, height, _ptr(m2), _ptr(radii), _ptr(dep), dep.stride(1), _ptr(order),
+            _ptr(n_vis), _ptr(offsets), n_threads,
+        )
+        ids = torch.empty(total, dtype=torch.int32)
+        packed = torch.empty(C * N, getattr(lib, f"ds4d_record_size_{sfx}")(D), dtype=feats.dtype)
         img = torch.empty(C, height, width, D, dtype=feats.dtype)
         trans = torch.empty(C, height, width, dtype=feats.dtype)
         last = torch.empty(C, height, width, dtype=torch.int32)
         getattr(lib, f"ds4d_forward_{sfx}")(
-            C, N, D, width, height, _ptr(m2), _ptr(con), _ptr(f), _ptr(op), _ptr(radii),
-            _ptr(offsets), _ptr(ids), _ptr(img), _ptr(trans), _ptr(last), n_threads,
+            C, N, D, width, height, _ptr(m2), _ptr(con), _ptr(f), _ptr(op), _ptr(radii), _ptr(order),
+            _ptr(n_vis), _ptr(offsets), _ptr(ids), _ptr(packed), _ptr(img), _ptr(trans), _ptr(last),
+            _ptr(_STATS) if _STATS is not None else None, n_threads,
         )
-        ctx.save_for_backward(m2, con, f, op, radii, offsets, ids, trans, last)
+        ctx.save_for_backward(packed, order, offsets, ids, trans, last)
         ctx.dims = (C, N, D, width, height)
         ctx.lib = lib
         ctx.n_threads = n_threads
-        alpha = (1.0 - trans).unsqueeze(-1)
-        return img, alpha
+        return img, (1.0 - trans).unsqueeze(-1)
 
     @staticmethod
     def backward(ctx, v_img, v_alpha):
-        with one_thread():
-            return _ExtRasterize._backward(ctx, v_img, v_alpha)
+        packed, order, offsets, ids, trans, last = ctx.saved_tensors
+        C, N, D, width, height = ctx.dims
+        dtype = packed.dtype
+        g_m2 = torch.empty(C, N, 2, dtype=dtype)
+        g_con = torch.empty(C, N, 3, dtype=dtype)
+        g_f = torch.empty(C, N, D, dtype=dtype)
+        g_op = torch.empty(C, N, dtype=dtype)
+        vi = None if v_img is None else v_img.to(dtype).contiguous()
+        va = None if v_alpha is None else v_alpha[..., 0].to(dtype).contiguous()
+        getattr(ctx.lib, f"ds4d_backward_{_sfx(dtype)}")(
+            C, N, D, width, height, _ptr(packed), _ptr(order), _ptr(offsets), _ptr(ids), _ptr(trans),
+            _ptr(last), _ptr(vi), _ptr(va), _ptr(g_m2), _ptr(g_con), _ptr(g_f), _ptr(g_op),
+            ctx.n_threads,
+        )
+        return g_m2, g_con, g_f, g_op, None, None, None, None, None, None
+
+
+def _camera_stride(x: Tensor, C: int, base_dims: int, name: str) -> int:
+    """Elements between cameras in a [N,...] (shared: 0) or [C,N,...] (per camera) input."""
+    if x.dim() == base_dims:
+        return 0
+    if x.dim() == base_dims + 1 and x.shape[0] == C:
+        return x[0].numel()
+    raise ValueError(f"{name}: expected {base_dims} dims or [C={C},...], got {tuple(x.shape)}")
+
+
+class _ExtProject(torch.autograd.Function):
+    """EWA projection and colour evaluation in the C++ kernel, with its hand-written backward.
+
+    Outputs per (camera, Gaussian): means2d [C,N,2], conics [C,N,3], features [C,N,4] (rgb and
+    camera z), opacities [C,N] and int32 radii [C,N,2] (not differentiable). Shared inputs
+    ([N,...]) are read once per camera in place and their gradients summed over cameras.
+    """
 
     @staticmethod
-    def _backward(ctx, v_img, v_alpha):
-        m2, con, f, op, radii, offsets, ids, trans, last = ctx.saved_tensors
-        C, N, D, width, height = ctx.dims
-        sfx = "f64" if f.dtype == torch.float64 else "f32"
-        n = ids.numel()
-        g_m2 = torch.zeros(n, 2, dtype=f.dtype)
-        g_con = torch.zeros(n, 3, dtype=f.dtype)
-        g_f = torch.zeros(n, D, dtype=f.dtype)
-        g_op = torch.zeros(n, dtype=f.dtype)
-        vi = None if v_img is None else v_img.to(f.dtype).contiguous()
-        va = None if v_alpha is None else v_alpha[..., 0].to(f.dtype).contiguous()
-        getattr(ctx.lib, f"ds4d_backward_{sfx}")(
-            C, N, D, width, height, _ptr(m2), _ptr(con), _ptr(f), _ptr(op), _ptr(radii),
-            _ptr(offsets), _ptr(ids), _ptr(trans), _ptr(last), _ptr(vi), _ptr(va),
-            _ptr(g_m2), _ptr(g_con), _ptr(g_f), _ptr(g_op), ctx.n_threads,
+    def forward(ctx, means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
+                lib, n_threads):
+        C, N = viewmats.shape[0], means.shape[-2]
+        dtype = means.dtype
+        inputs = [t.detach().contiguous() for t in (means, quats, scales, opacities, colors, viewmats, Ks)]
+        strides = torch.tensor(
+            [_camera_stride(inputs[0], C, 2, "means"), _camera_stride(inputs[1], C, 2, "quats"),
+             _camera_stride(inputs[2], C, 2, "scales"), _camera_stride(inputs[3], C, 1, "opacities"),
+             _camera_stride(inputs[4], C, 2 if sh_degree is None else 3, "colors")],
+            dtype=torch.int64,
         )
-
-        def gather(g: Tensor, k: int) -> Tensor:
-            out = torch.zeros(C * N, k, dtype=f.dtype)
-            out.index_add_(0, ids, g.reshape(n, k))
-            return out
-
-        return (
-            gather(g_m2, 2).reshape(C, N, 2),
-            gather(g_con, 3).reshape(C, N, 3),
-            gather(g_f, D).reshape(C, N, D),
-            gather(g_op, 1).reshape(C, N),
-            None, None, None, None, None, None, None,
+        k_sh = 1 if sh_degree is None else colors.shape[-2]
+        dims = torch.tensor([C, N, width, height, -1 if sh_degree is None else sh_degree, k_sh],
+                            dtype=torch.int64)
+        means2d = torch.empty(C, N, 2, dtype=dtype)
+        conics = torch.empty(C, N, 3, dtype=dtype)
+        feats = torch.empty(C, N, 4, dtype=dtype)
+        opac_c = torch.empty(C, N, dtype=dtype)
+        radii = torch.empty(C, N, 2, dtype=torch.int32)
+        getattr(lib, f"ds4d_project_{_sfx(dtype)}")(
+            _ptr(dims), _ptr(strides), *[_ptr(t) for t in inputs], _ptr(means2d), _ptr(conics),
+            _ptr(feats), _ptr(opac_c), _ptr(radii), n_threads,
         )
+        ctx.save_for_backward(*inputs)
+        ctx.meta = (dims, strides, lib, n_threads)
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, feats, opac_c, radii
+
+    @staticmethod
+    def backward(ctx, v_m2, v_con, v_feats, v_opac, _v_radii):
+        means, quats, scales, opacities, colors, viewmats, Ks = ctx.saved_tensors
+        dims, strides, lib, n_threads = ctx.meta
+        grads = [torch.zeros_like(t) for t in (means, quats, scales, opacities, colors)]
+        outs = [None if v is None else v.to(means.dtype).contiguous() for v in (v_m2, v_con, v_feats, v_opac)]
+        getattr(lib, f"ds4d_project_backward_{_sfx(means.dtype)}")(
+            _ptr(dims), _ptr(strides), _ptr(means), _ptr(quats), _ptr(scales), _ptr(colors),
+            _ptr(viewmats), _ptr(Ks), *[_ptr(v) for v in outs], *[_ptr(g) for g in grads], n_threads,
+        )
+        return (*grads, None, None, None, None, None, None, None)
+
+
+def _load_ext(use_ext: Optional[bool], dtype: torch.dtype, device: torch.device):
+    """The kernel library when this call should use it; raises if ``use_ext`` demands it."""
+    lib = None
+    if use_ext is not False and dtype in (torch.float32, torch.float64) and device.type == "cpu":
+        lib = _build.load()
+    if use_ext and lib is None:
+        raise RuntimeError(f"C++ CPU rasterizer unavailable: {_build._error}")
+    return lib
+
+
+def fused_render(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                 viewmats: Tensor, Ks: Tensor, width: int, height: int, sh_degree: Optional[int],
+                 use_ext: Optional[bool] = None):
+    """Projection, colours, sort, binning and compositing in the C++ kernel.
+
+    Returns (features [C,H,W,4] = rgb + depth without background, alpha [C,H,W,1], means2d,
+    conics, depths, radii), or None when the kernel cannot serve this call (pure-torch request,
+    no kernel, gradients wanted for the cameras, SH degree > 3, ...): the caller then takes the
+    general path. Inputs are [N,...] (shared by every camera) or [C,N,...] as in ``render``.
+    """
+    dtype = means.dtype
+    if use_ext is False or means.device.type != "cpu" or dtype not in (torch.float32, torch.float64):
+        return None
+    if sh_degree is not None and not 0 <= sh_degree <= 3:
+        return None
+    if (viewmats.requires_grad or Ks.requires_grad) and torch.is_grad_enabled():
+        return None  # camera gradients: the torch projection differentiates those
+    C, N = viewmats.shape[0], means.shape[-2]
+    if C * N >= 2**31 - 1:
+        return None
+    lib = _load_ext(use_ext, dtype, means.device)
+    if lib is None:
+        return None
+    if sh_degree is not None and (sh_degree + 1) ** 2 > colors.shape[-2]:
+        raise ValueError(f"sh_degree {sh_degree} needs {(sh_degree + 1) ** 2} coefficients, got {colors.shape[-2]}")
+    cast = [t if t.dtype == dtype else t.to(dtype) for t in (quats, scales, opacities, colors, viewmats, Ks)]
+    n_threads = kernel_threads()
+    with one_thread():
+        means2d, conics, feats, opac_c, radii = _ExtProject.apply(
+            means, *cast, width, height, sh_degree, lib, n_threads
+        )
+        depths = feats[..., 3]
+        img, alpha = _ExtRasterize.apply(
+            means2d, conics, feats, opac_c, depths.detach(), radii, width, height, lib, n_threads
+        )
+    return img, alpha, means2d, conics, depths, radii
 
 
 # --------------------------------------------------------------------------- torch fallback
@@ -261,23 +366,22 @@ def composite(
     conics, opacities = conics.to(dtype), opacities.to(dtype)
     means2d = means2d.to(dtype)
     radii = radii.to(torch.int32).contiguous()
-    with one_thread():
-        order = depth_order(depths, radii)
-    lib = None
-    if use_ext is not False and dtype in (torch.float32, torch.float64) and feats.device.type == "cpu":
-        lib = _build.load()
-    if use_ext and lib is None:
-        raise RuntimeError(f"C++ CPU rasterizer unavailable: {_build._error}")
+    lib = _load_ext(use_ext, dtype, feats.device)
+    if lib is not None and feats.shape[0] * feats.shape[1] >= 2**31 - 1:  # int32 ids in the kernel
+        if use_ext:
+            raise RuntimeError("C++ CPU rasterizer: cameras x Gaussians must stay below 2^31")
+        lib = None
     if lib is None:
+        with one_thread():
+            order = depth_order(depths, radii)
         # single-threaded like the rest of the torch side (see .serial): under load the OpenMP
         # pool made this path 2-10x slower than one thread
         return run_serial(
             lambda m, c, f, o: composite_torch(m, c, f, o, radii, order, width, height),
             means2d, conics, feats, opacities,
         )
-    n_threads = kernel_threads()
     with one_thread():
-        offsets, ids = _bin_ext(lib, means2d, radii, order, width, height, n_threads)
-    return _ExtRasterize.apply(
-        means2d, conics, feats, opacities, radii, offsets, ids, width, height, lib, n_threads
-    )
+        return _ExtRasterize.apply(
+            means2d, conics, feats, opacities, depths.detach().to(dtype), radii, width, height, lib,
+            kernel_threads(),
+        )
