@@ -38,14 +38,14 @@ class Segmenter(Protocol):
         ...
 
 
-def make_segmenter(name: str, background: str | None = None) -> Segmenter:
+def make_segmenter(name: str, background: str | None = None, source_size: tuple[int, int] | None = None) -> Segmenter:
     """Build a segmenter by name; rembg weights are checked before rembg is imported."""
     from ds4d_cli.errors import Ds4dError
 
     if name == "static-bg":
         from ds4d_cli.segment.static_bg import StaticBgSegmenter
 
-        return StaticBgSegmenter(plate=background)
+        return StaticBgSegmenter(plate=background, source_size=source_size)
     if name not in REMBG_MODELS:
         raise Ds4dError(f"unknown segmenter {name!r}", hint=f"choose one of {', '.join(SEGMENTERS)}")
     if background is not None:

@@ -17,17 +17,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from ds4d_cli.console import info, warn
-from ds4d_cli.crop import clip_box, crop_intrinsics, crop_rgba
+from ds4d_cli.crop import clip_box, crop_intrinsics, crop_region, snap_box
 from ds4d_cli.errors import Ds4dError
 from ds4d_cli.fsutil import atomic_path, write_json_atomic
 from ds4d_cli.progress import progress_bar
 from ds4d_cli.segment import SEGMENTERS, clean_alpha, make_segmenter
-from ds4d_cli.video import DEFAULT_FOLDER_FPS, Clip, VideoInfo, load_clip, probe, sample_indices
+from ds4d_cli.framestore import SampledClip, load_sampled
+from ds4d_cli.video import DEFAULT_FOLDER_FPS, VideoInfo, probe, sample_indices
 from ds4d_cli.workspace import StageResult, Workspace, run_stage, sha256_of_path
 
 STAGE = "preprocess"
 #: Bump when the outputs for the same options change (segmentation, crop or file layout).
-VERSION = 2
+VERSION = 3
 #: A frame holds an object when at least this fraction of it (and MIN_OBJECT_PIXELS) is opaque.
 MIN_OBJECT_FRACTION = 5e-4
 MIN_OBJECT_PIXELS = 16
@@ -113,14 +114,14 @@ def run(workspace: Workspace | str | os.PathLike[str] | None, opts: PreprocessOp
 
 
 # -- the stage body ------------------------------------------------------------------------
-def _segment(clip: Clip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str, list[str]]:
-    """Soft alphas for the clip's frames, the segmenter's name and notes for the user."""
+def _segment(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str, list[str]]:
+    """Soft alphas (working resolution) for the clip's frames, the segmenter's name, notes."""
     if clip.has_alpha:
         info("[dim]input has an alpha channel: using it, no segmentation[/dim]")
-        return [f[..., 3].astype(np.float32) / 255.0 for f in clip.frames], INPUT_ALPHA, []
-    segmenter = make_segmenter(opts.segmenter, opts.background)
-    with progress_bar(f"Segmenting ({opts.segmenter})", total=len(clip.frames), fields=()) as bar:
-        raw = segmenter.segment(clip.frames, on_frame=lambda: bar.advance(1))
+        return [f[..., 3].astype(np.float32) / 255.0 for f in clip.work], INPUT_ALPHA, []
+    segmenter = make_segmenter(opts.segmenter, opts.background, source_size=clip.info.size)
+    with progress_bar(f"Segmenting ({opts.segmenter})", total=len(clip.work), fields=()) as bar:
+        raw = segmenter.segment(clip.work, on_frame=lambda: bar.advance(1))
     alphas = [clean_alpha(np.nan_to_num(a)) for a in raw]
     return alphas, opts.segmenter, list(getattr(segmenter, "notes", []))
 
@@ -143,14 +144,18 @@ def _has_object(alpha: np.ndarray) -> bool:
 
 
 def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dict[str, Any]:
-    clip = load_clip(opts.source, opts.frames, opts.start, opts.end, info=source_info)
+    with load_sampled(opts.source, opts.frames, opts.start, opts.end, info=source_info) as clip:
+        return _process(out_dir, opts, clip)
+
+
+def _process(out_dir: Path, opts: PreprocessOptions, clip: SampledClip) -> dict[str, Any]:
     if clip.info.looks_truncated:
         warn(
             f"{clip.info.path.name} looks truncated: its header says {clip.info.container_duration_s:g}s but only "
             f"{clip.info.frame_count} frames ({clip.info.duration_s:g}s) decode; using those"
         )
-    if len(clip.frames) < opts.frames:
-        n = len(clip.frames)
+    if len(clip.work) < opts.frames:
+        n = len(clip.work)
         info(f"[dim]the clip has only {n} frame{'s' if n != 1 else ''} in the chosen window: using all of them[/dim]")
     alphas, segmenter_name, notes = _segment(clip, opts)
 
@@ -167,17 +172,19 @@ def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dic
         warn(f"no object found in {len(missing)} of {len(alphas)} frames (e.g. frame {missing[0]}); they stay empty")
         alphas = [a if p else np.zeros_like(a) for a, p in zip(alphas, present)]
 
-    box = clip_box([a for a, p in zip(alphas, present) if p], opts.margin)
+    scale = clip.scale
+    box = snap_box(clip_box([a for a, p in zip(alphas, present) if p], opts.margin, scale=scale), opts.size)
     frames_dir = out_dir / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     crops = []
     with progress_bar("Cropping", total=len(alphas)) as bar:
-        for t, (frame, alpha) in enumerate(zip(clip.frames, alphas)):
-            rgba = crop_rgba(frame, alpha, box, opts.size)
+        for t, alpha in enumerate(alphas):
+            rgba = crop_region(clip.region(t, box), alpha, box, scale, opts.size)
             _save_png(frames_dir / f"{t:03d}.png", rgba)
             crops.append(rgba)
             bar.advance(1)
-    _save_png(out_dir / "contact_sheet.png", contact_sheet(crops, clip.indices, overview=(clip.frames[0], box)))
+    overview = (clip.work[0], [v * scale for v in box])
+    _save_png(out_dir / "contact_sheet.png", contact_sheet(crops, clip.indices, overview=overview))
 
     fps = clip.info.fps
     duration = clip.info.duration_s
@@ -194,6 +201,7 @@ def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dic
         "frame_times_s": times_s,
         "frame_times": [t / duration for t in times_s],
         "original_size": [w, h],
+        "working_size": [clip.work[0].shape[1], clip.work[0].shape[0]],
         "crop_box": list(box),
         "size": opts.size,
         "margin": opts.margin,
