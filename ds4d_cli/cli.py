@@ -100,6 +100,7 @@ def _split_list(text: Optional[str]) -> Optional[list[str]]:
 
 # --------------------------------------------------------------------------------------------
 class Segmenter(str, Enum):
+    hybrid = "hybrid"
     u2netp = "u2netp"
     u2net = "u2net"
     isnet = "isnet-general-use"
@@ -140,6 +141,7 @@ def _preprocess_options(
     background_plate: Optional[Path],
     margin: float,
     fps: Optional[float] = None,
+    force_masks: bool = False,
 ) -> Any:
     from ds4d_cli.stages.preprocess import PreprocessOptions
 
@@ -153,6 +155,7 @@ def _preprocess_options(
         background=str(background_plate) if background_plate else None,
         margin=margin,
         fps=fps,
+        force_masks=force_masks,
     )
 
 
@@ -168,16 +171,17 @@ def preprocess(
         Segmenter.u2netp, "--segmenter", help="rembg model (u2netp works offline) or static-bg for a fixed camera."
     ),
     background_plate: Optional[Path] = typer.Option(
-        None, "--background-plate", help="static-bg only: an image of the empty scene (else a temporal median)."
+        None, "--background-plate", help="hybrid/static-bg: an image of the empty scene (else a temporal median)."
     ),
     margin: float = typer.Option(0.1, "--margin", help="Extra border around the object, as a fraction of its size."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of an image folder (videos carry their own; default 12)."),
     force: bool = typer.Option(False, "--force", help="Rerun; also allows replacing another clip in the workspace."),
+    force_masks: bool = typer.Option(False, "--force-masks", help="Keep masks that fail the checks (warns instead of stopping)."),
 ) -> None:
     """Segment the object in every frame and crop one object-centred square for the whole clip."""
     from ds4d_cli.stages import preprocess as stage
 
-    opts = _preprocess_options(source, frames, size, start, end, segmenter, background_plate, margin, fps)
+    opts = _preprocess_options(source, frames, size, start, end, segmenter, background_plate, margin, fps, force_masks)
     _report(stage.run(_ws_path(ctx), opts, force=force))
 
 

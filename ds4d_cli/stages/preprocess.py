@@ -21,7 +21,8 @@ from ds4d_cli.crop import clip_box, crop_intrinsics, crop_region, snap_box
 from ds4d_cli.errors import Ds4dError
 from ds4d_cli.fsutil import atomic_path, write_json_atomic
 from ds4d_cli.progress import progress_bar
-from ds4d_cli.segment import SEGMENTERS, clean_alpha, make_segmenter
+from ds4d_cli.diagnose import Finding, camera_moves, check_clip, check_masks
+from ds4d_cli.segment import PLATE_SEGMENTERS, SEGMENTERS, clean_alpha, make_segmenter, model_path
 from ds4d_cli.framestore import SampledClip, load_sampled
 from ds4d_cli.video import DEFAULT_FOLDER_FPS, VideoInfo, probe, sample_indices
 from ds4d_cli.workspace import StageResult, Workspace, run_stage, sha256_of_path
@@ -49,6 +50,7 @@ class PreprocessOptions:
     background: str | None = None  # static-bg: clean plate of the empty scene
     margin: float = 0.1
     fps: float | None = None  # frame rate of an image folder (videos carry their own); default 12
+    force_masks: bool = False  # hand on masks that fail the checks (with a warning) instead of stopping
 
 
 def _validate(opts: PreprocessOptions) -> None:
@@ -63,9 +65,10 @@ def _validate(opts: PreprocessOptions) -> None:
         raise Ds4dError(f"--fps must be positive (got {opts.fps})", hint="e.g. --fps 24")
     if opts.segmenter not in SEGMENTERS:
         raise Ds4dError(f"unknown segmenter {opts.segmenter!r}", hint=f"choose one of {', '.join(SEGMENTERS)}")
-    if opts.background is not None and opts.segmenter != "static-bg":
+    if opts.background is not None and opts.segmenter not in PLATE_SEGMENTERS:
         raise Ds4dError(
-            "--background-plate only applies to --segmenter static-bg", hint="drop it, or add --segmenter static-bg"
+            "--background-plate only applies to --segmenter hybrid or static-bg",
+            hint="drop it, or add --segmenter hybrid",
         )
     if opts.background is not None and not Path(opts.background).expanduser().is_file():
         raise Ds4dError(f"background plate not found: {opts.background}", hint="pass an image of the empty scene")
@@ -83,6 +86,7 @@ def _normalised(opts: PreprocessOptions) -> PreprocessOptions:
         background=None if opts.background is None else str(Path(opts.background).expanduser().absolute()),
         margin=float(opts.margin),
         fps=None if opts.fps is None else float(opts.fps),
+        force_masks=bool(opts.force_masks),
     )
 
 
@@ -114,16 +118,52 @@ def run(workspace: Workspace | str | os.PathLike[str] | None, opts: PreprocessOp
 
 
 # -- the stage body ------------------------------------------------------------------------
-def _segment(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str, list[str]]:
-    """Soft alphas (working resolution) for the clip's frames, the segmenter's name, notes."""
+def _segment(clip: SampledClip, opts: PreprocessOptions, name: str) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """(raw, cleaned) soft alphas at working resolution from segmenter ``name``, and its notes."""
     if clip.has_alpha:
         info("[dim]input has an alpha channel: using it, no segmentation[/dim]")
-        return [f[..., 3].astype(np.float32) / 255.0 for f in clip.work], INPUT_ALPHA, []
-    segmenter = make_segmenter(opts.segmenter, opts.background, source_size=clip.info.size)
-    with progress_bar(f"Segmenting ({opts.segmenter})", total=len(clip.work), fields=()) as bar:
-        raw = segmenter.segment(clip.work, on_frame=lambda: bar.advance(1))
-    alphas = [clean_alpha(np.nan_to_num(a)) for a in raw]
-    return alphas, opts.segmenter, list(getattr(segmenter, "notes", []))
+        alphas = [f[..., 3].astype(np.float32) / 255.0 for f in clip.work]
+        return alphas, alphas, []
+    plate = opts.background if name in PLATE_SEGMENTERS else None
+    segmenter = make_segmenter(name, plate, source_size=clip.info.size)
+    with progress_bar(f"Segmenting ({name})", total=len(clip.work), fields=()) as bar:
+        raw = [np.nan_to_num(a) for a in segmenter.segment(clip.work, on_frame=lambda: bar.advance(1))]
+    return raw, [clean_alpha(a) for a in raw], list(getattr(segmenter, "notes", []))
+
+
+def _checked_masks(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str, list[str], tuple[bool, float]]:
+    """Segment, then check the masks before anything is handed on.
+
+    Broken masks (see :func:`ds4d_cli.diagnose.check_masks`), or static-bg on a moving camera,
+    stop the stage with the fix, unless ``--force-masks``; static-bg's are first retried, with a
+    warning, by the hybrid segmenter (u2netp with the same plate or median) when u2netp is here.
+    """
+    name = INPUT_ALPHA if clip.has_alpha else opts.segmenter
+    raw, alphas, notes = _segment(clip, opts, opts.segmenter)
+    camera = camera_moves(clip.work, alphas) if not clip.has_alpha else (False, 0.0)
+    if name == INPUT_ALPHA:
+        return alphas, name, notes, camera
+    problems = check_masks(raw, alphas, name)
+    if name == "static-bg" and camera[0]:
+        problems.insert(0, Finding(
+            "moving-camera",
+            f"the camera moves (the background changes in {camera[1]:.0%} of its pixels between frames) but "
+            "static-bg needs a fixed camera",
+            "use --segmenter hybrid or u2netp, or --force-masks to keep these masks", [], True))
+    fatal = [p for p in problems if p.fatal]
+    if fatal and opts.force_masks:
+        for p in fatal:
+            warn(f"{p.message} (kept: --force-masks)")
+        return alphas, name, notes, camera
+    if fatal and name == "static-bg" and model_path("u2netp") is not None:
+        warn(f"{fatal[0].message}: falling back to --segmenter hybrid (u2netp with the clip's background)")
+        notes = notes + [f"static-bg fell back to hybrid: {fatal[0].message}"]
+        raw, alphas, more = _segment(clip, opts, "hybrid")
+        name, notes = "hybrid", notes + more
+        fatal = [p for p in check_masks(raw, alphas, name) if p.fatal]
+    if fatal:
+        raise Ds4dError(fatal[0].message, hint=fatal[0].hint)
+    return alphas, name, notes, camera
 
 
 def _no_object_hint(segmenter_name: str, opts: PreprocessOptions) -> str:
@@ -157,7 +197,7 @@ def _process(out_dir: Path, opts: PreprocessOptions, clip: SampledClip) -> dict[
     if len(clip.work) < opts.frames:
         n = len(clip.work)
         info(f"[dim]the clip has only {n} frame{'s' if n != 1 else ''} in the chosen window: using all of them[/dim]")
-    alphas, segmenter_name, notes = _segment(clip, opts)
+    alphas, segmenter_name, notes, camera = _checked_masks(clip, opts)
 
     present = [_has_object(a) for a in alphas]
     if not any(present):
@@ -167,10 +207,14 @@ def _process(out_dir: Path, opts: PreprocessOptions, clip: SampledClip) -> dict[
         )
     for note in notes:
         warn(note)
-    missing = [i for i, p in enumerate(present) if not p]
-    if missing:
-        warn(f"no object found in {len(missing)} of {len(alphas)} frames (e.g. frame {missing[0]}); they stay empty")
-        alphas = [a if p else np.zeros_like(a) for a, p in zip(alphas, present)]
+    alphas = [a if p else np.zeros_like(a) for a, p in zip(alphas, present)]
+    report = check_clip(alphas, clip.times_s, clip.info.fps, camera)
+    if report.camera_moving and segmenter_name != "static-bg":
+        warn(f"the camera moves (the background changes in {report.background_changed:.0%} of its pixels between "
+             "frames): ds4d assumes a fixed camera and will take the camera's motion for the object's — film from a "
+             "tripod or rest the phone on something")
+    for finding in report.findings:
+        warn(finding.line())
 
     scale = clip.scale
     box = snap_box(clip_box([a for a, p in zip(alphas, present) if p], opts.margin, scale=scale), opts.size)
@@ -210,6 +254,10 @@ def _process(out_dir: Path, opts: PreprocessOptions, clip: SampledClip) -> dict[
         "object_fraction": fractions,
         "crop_intrinsics": crop_intrinsics(box, opts.size),
         "notes": notes,
+        "camera_moving": report.camera_moving,
+        "background_change": round(report.background_changed, 4),
+        "findings": [{"code": f.code, "message": f.line(), "frames": f.frames} for f in report.findings],
+        "suggested_window": list(report.window) if report.window else None,
     }
     write_json_atomic(out_dir / "meta.json", meta)
     return {
