@@ -48,7 +48,7 @@ def overlay_clip(case_dir: Path, out: Path, size: tuple[int, int], fps: int, sec
 
 
 def phone_4k(examples: Path) -> Path:
-    return overlay_clip(examples / "windmill", CACHE / "phone_4k.mp4", (3840, 2160), 30, 12.0, 1400, 14, 500, 20)
+    return overlay_clip(examples / "windmill", CACHE / "phone_4k.mp4", (3840, 2160), 30, 12.0, 1400, 8, 500, 23)
 
 
 def archive_540p(examples: Path) -> Path:

@@ -168,7 +168,8 @@ def preprocess(
     start: Optional[float] = typer.Option(None, "--start", help="Start time in seconds."),
     end: Optional[float] = typer.Option(None, "--end", help="End time in seconds."),
     segmenter: Segmenter = typer.Option(
-        Segmenter.u2netp, "--segmenter", help="rembg model (u2netp works offline) or static-bg for a fixed camera."
+        Segmenter.hybrid, "--segmenter",
+        help="hybrid (u2netp + the clip's static background; default), a rembg model, or static-bg for a fixed camera.",
     ),
     background_plate: Optional[Path] = typer.Option(
         None, "--background-plate", help="hybrid/static-bg: an image of the empty scene (else a temporal median)."
@@ -412,7 +413,7 @@ def run(
     views: Optional[str] = _VIEWS,
     frames: int = typer.Option(32, "--frames", "-n", help="Frames to sample from the clip."),
     size: int = typer.Option(256, "--size", help="Side of the preprocessed frames."),
-    segmenter: Segmenter = typer.Option(Segmenter.u2netp, "--segmenter", help="Segmentation model."),
+    segmenter: Segmenter = typer.Option(Segmenter.hybrid, "--segmenter", help="Segmentation model."),
     background_plate: Optional[Path] = typer.Option(None, "--background-plate", help="static-bg: empty-scene image."),
     steps: Optional[int] = _STEPS,
     device: Device = _DEVICE,

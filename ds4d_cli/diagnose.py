@@ -33,7 +33,7 @@ CHANGE_LEVEL = 14.0
 MOVING_SHARE = 0.25
 #: Masks: coverage below / above these shares of the frame is broken.
 MIN_COVERAGE = 0.002
-MAX_COVERAGE = 0.7
+MAX_COVERAGE = 0.85
 #: Masks: the clean-up dropped more than this share of the raw mask (scraps), in the median frame.
 MAX_SCRAP_SHARE = 0.35
 #: Masks: more than this many separate parts of comparable size kept, in the median frame.

@@ -8,8 +8,9 @@ the camera does not move, the clip itself knows more:
   every pixel's usual look; the pixels where a frame differs from it are found by the static-bg
   segmenter (with its un-mixed, sub-pixel edges): ``c_t``, "changed now";
 * pixels that look like the plate now are the same thing they are in every other such frame:
-  their alpha is one *static* estimate ``A``, u2netp's mask averaged over all those frames (and
-  the plate's own u2netp mask), edge-refined on the plate;
+  their alpha is one *static* estimate ``A``: u2netp's mask of the plate itself, from several
+  views centred on what moves (run once per clip, so it can afford them), kept only where it
+  is connected to what moves (salient scenery standing apart is dropped), edge-refined;
 * alpha_t = c_t * ((1 - A) + A * u_t) + (1 - c_t) * A, with u_t the frame's own u2netp mask: a
   change where the plate shows background is the object arriving (blades, wings); a change where
   the plate shows the object is either another part passing in front of it or the object having
@@ -39,12 +40,12 @@ RAMP = 0.15
 #: Centred zooms of the views u2netp sees of the plate (each also mirrored): it is run once per
 #: clip, so it gets the full test-time augmentation; frames get one view and its mirror.
 PLATE_ZOOMS = (1.0, 0.85, 0.7)
+#: Sides (x the moving region's size) of the plate views centred on what moves.
+PLATE_SCALES = (1.3, 1.8, 2.5)
 #: Margin (fraction of the object's size) of the object-centred crop u2netp sees.
 CROP_MARGIN = 0.2
 #: Moving region: pixels changed in any frame, components smaller than this share of the largest dropped.
 MOTION_KEEP = 0.05
-#: Weight of the plate's own estimate against each frame that shows the plate at a pixel.
-PLATE_WEIGHT = 4.0
 
 
 def _ramp(score: np.ndarray) -> np.ndarray:
@@ -113,16 +114,14 @@ class HybridSegmenter:
 
         rgb = [np.ascontiguousarray(f[..., :3]) for f in frames]
         if self.plate is None and len(rgb) < MIN_FRAMES_FOR_MEDIAN:
-            self.notes.append(f"hybrid: {len(rgb)} frames are too few for a background model; u2netp masks only")
+            self.notes.append(f"hybrid used u2netp alone: {len(rgb)} frames are too few for a background model")
             return self._alone(rgb, on_frame)
         bg = StaticBgSegmenter(plate=self.plate, source_size=self.source_size)
         changed = bg.segment(rgb)
         moving, share = camera_moves(rgb, [clean_alpha(c) for c in changed])
         if moving:
-            self.notes.append(
-                f"hybrid: the camera moves (the background changes in {share:.0%} of its pixels), so no background "
-                "model: u2netp masks only"
-            )
+            self.notes.append(f"hybrid used u2netp alone: no background model fits a moving camera ({share:.0%} of "
+                              "the background changes between frames)")
             return self._alone(rgb, on_frame)
         self.used_plate = "plate" if self.plate is not None else "median"
         if self.plate is not None:
@@ -135,29 +134,45 @@ class HybridSegmenter:
         plate = np.clip(np.round(bg._raw_bg), 0, 255).astype(np.uint8)
         motion = keep_object(np.any(np.stack([c >= 0.5 for c in changed]), axis=0), MOTION_KEEP)
         seed = ndi.binary_dilation(motion, iterations=2) if motion.any() else None
-        # The plate's own mask: full frame first, to find the object's whole static extent...
-        coarse = self._views(plate, None, PLATE_ZOOMS)
-        if seed is not None:
-            coarse = _connected_to(coarse, seed)
-        box = _square_box((coarse >= 0.5) | motion, CROP_MARGIN)
-        # ...then centred on it, where u2netp sees the object large and the scenery around it less.
-        fine = self._views(plate, box, PLATE_ZOOMS) if box is not None else coarse
+        # The plate's own mask, from views centred on what moves at several scales (u2netp sees the
+        # object large and the scenery around it less), and the whole frame.
+        fine = self._plate_mask(plate, motion)
         if seed is not None:
             fine = _connected_to(fine, seed)
+        box = _square_box((fine >= 0.5) | motion, CROP_MARGIN)
         per_frame = []
         for f in rgb:
             per_frame.append(self._views(f, box, (1.0,)) if box is not None else np.zeros(f.shape[:2], np.float32))
             if on_frame is not None:
                 on_frame()
-        weight = np.stack([1.0 - c for c in changed])
-        static = (np.sum(weight * np.stack(per_frame), axis=0) + PLATE_WEIGHT * fine) / (weight.sum(axis=0) + PLATE_WEIGHT)
-        if seed is not None:
-            static = _connected_to(static.astype(np.float32), seed)
-        static = refine_edges(plate, static.astype(np.float32))
+        # One static estimate for every frame: what does not change is the same thing all along.
+        # (Blending in each frame's own single-view mask measured worse: they are noisier.)
+        static = refine_edges(plate, fine)
         return [
             np.clip(c * ((1.0 - static) + static * u) + (1.0 - c) * static, 0.0, 1.0).astype(np.float32)
             for c, u in zip(changed, per_frame)
         ]
+
+    def _plate_mask(self, plate: np.ndarray, motion: np.ndarray) -> np.ndarray:
+        h, w = plate.shape[:2]
+        boxes: list[tuple[int, int, int, int] | None] = [None]
+        if motion.any():
+            ys, xs = np.nonzero(motion)
+            cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+            size = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+            for k in PLATE_SCALES:
+                side = int(min(round(size * k), w, h))
+                x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+                y0 = int(np.clip(round(cy - side / 2), 0, h - side))
+                boxes.append((x0, y0, x0 + side, y0 + side))
+        total = np.zeros((h, w), np.float32)
+        count = np.zeros((h, w), np.float32)
+        for box in dict.fromkeys(boxes):
+            m = self._views(plate, box, (1.0,))
+            x0, y0, x1, y1 = box if box is not None else (0, 0, w, h)
+            total[y0:y1, x0:x1] += m[y0:y1, x0:x1]
+            count[y0:y1, x0:x1] += 1.0
+        return (total / np.maximum(count, 1.0)).astype(np.float32)
 
     def _alone(self, rgb: Sequence[np.ndarray], on_frame: Callable[[], None] | None) -> list[np.ndarray]:
         """No usable background: u2netp per frame (full view, then centred on what it found), refined."""

@@ -46,8 +46,8 @@ class PreprocessOptions:
     size: int = 256
     start: float | None = None
     end: float | None = None
-    segmenter: str = "u2netp"
-    background: str | None = None  # static-bg: clean plate of the empty scene
+    segmenter: str = "hybrid"
+    background: str | None = None  # hybrid/static-bg: clean plate of the empty scene
     margin: float = 0.1
     fps: float | None = None  # frame rate of an image folder (videos carry their own); default 12
     force_masks: bool = False  # hand on masks that fail the checks (with a warning) instead of stopping
