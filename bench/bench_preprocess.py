@@ -109,7 +109,7 @@ def run(quick: bool = False, progress: Any = print) -> dict[str, Any]:
         timing: list[dict[str, Any]] = []
         for label, make, n, segs in (
             ("4K phone clip (3840x2160, 30 fps, 12 s)", clips.phone_4k, 32, ("hybrid",)),
-            ("960x540, 15 frames", clips.archive_540p, 15, ("hybrid", "u2netp")),
+            ("960x540, 15 frames", clips.archive_540p, 15, ("hybrid",) if quick else ("hybrid", "u2netp")),
         ):
             source = make(EXAMPLES)
             for seg in segs:

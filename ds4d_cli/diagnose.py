@@ -249,8 +249,16 @@ def _parts(mask: np.ndarray) -> tuple[int, float]:
     return int(big.sum()), float(areas[~big].sum() / areas.sum())
 
 
-def check_masks(raw: Sequence[np.ndarray], cleaned: Sequence[np.ndarray], segmenter: str) -> list[Finding]:
-    """Findings that mean the masks are broken (each fatal unless a fallback or --force-masks)."""
+def check_masks(
+    raw: Sequence[np.ndarray], cleaned: Sequence[np.ndarray], segmenter: str, background_model: bool = True
+) -> list[Finding]:
+    """Findings that mean the masks are broken (each fatal unless a fallback or --force-masks).
+
+    ``background_model``: the masks come from a plate or a temporal median, whose typical failure
+    (a slow body absorbed into the median) makes the area swing and vanish mid-clip. A saliency
+    model's masks follow the object instead, so there a swinging area is the clip's problem
+    (the object's size jumps: :func:`check_clip` warns) rather than the masks'.
+    """
     n = len(cleaned)
     areas = np.array([_area(a) for a in cleaned])
     raw_areas = np.array([_area(a) for a in raw])
@@ -288,7 +296,7 @@ def check_masks(raw: Sequence[np.ndarray], cleaned: Sequence[np.ndarray], segmen
     # frames out of the band, and frames where the mask vanishes between frames that have one
     outliers = [t for t in range(n) if (present[t] or first < t < last)
                 and not (med / AREA_SWING <= areas[t] <= med * AREA_SWING)]
-    if len(outliers) >= max(2, int(np.ceil(0.15 * n))):
+    if background_model and len(outliers) >= max(2, int(np.ceil(0.15 * n))):
         findings.append(Finding(
             "area-swing",
             f"the mask area swings between frames ({len(outliers)} of {n} frames outside {med / AREA_SWING:.1%}-"

@@ -151,6 +151,9 @@ def load_sampled(
     full: list[np.ndarray] = []
     spill: _Spill | None = None
     transparent = False
+    channels = 4 if (info.may_have_alpha or info.kind != "video") else 3
+    # Decided before decoding: a store that switched half-way would have held the budget already.
+    to_disk = len(indices) * info.size[0] * info.size[1] * channels > memory_budget
     try:
         for _, frame in iter_frames(info, indices):
             if (frame.shape[1], frame.shape[0]) != tuple(info.size):
@@ -163,11 +166,8 @@ def load_sampled(
             if frame.shape[2] == 3 and info.kind != "video":  # images may mix RGB and RGBA files
                 frame = np.dstack([frame, np.full(frame.shape[:2], 255, np.uint8)])
             work.append(downscale(frame, size))
-            if spill is None and (len(full) + 1) * frame.nbytes > memory_budget:
+            if to_disk and spill is None:
                 spill = _Spill(frame.shape)  # type: ignore[arg-type]
-                for kept in full:
-                    spill.append(kept)
-                full = []
             if spill is not None:
                 spill.append(frame)
             else:

@@ -118,17 +118,21 @@ def run(workspace: Workspace | str | os.PathLike[str] | None, opts: PreprocessOp
 
 
 # -- the stage body ------------------------------------------------------------------------
-def _segment(clip: SampledClip, opts: PreprocessOptions, name: str) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """(raw, cleaned) soft alphas at working resolution from segmenter ``name``, and its notes."""
+def _segment(
+    clip: SampledClip, opts: PreprocessOptions, name: str
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str], bool]:
+    """(raw, cleaned) soft alphas at working resolution from segmenter ``name``, its notes, and
+    whether the masks came from a background model (a plate or a temporal median)."""
     if clip.has_alpha:
         info("[dim]input has an alpha channel: using it, no segmentation[/dim]")
         alphas = [f[..., 3].astype(np.float32) / 255.0 for f in clip.work]
-        return alphas, alphas, []
+        return alphas, alphas, [], False
     plate = opts.background if name in PLATE_SEGMENTERS else None
     segmenter = make_segmenter(name, plate, source_size=clip.info.size)
     with progress_bar(f"Segmenting ({name})", total=len(clip.work), fields=()) as bar:
         raw = [np.nan_to_num(a) for a in segmenter.segment(clip.work, on_frame=lambda: bar.advance(1))]
-    return raw, [clean_alpha(a) for a in raw], list(getattr(segmenter, "notes", []))
+    background_model = name == "static-bg" or bool(getattr(segmenter, "used_plate", ""))
+    return raw, [clean_alpha(a) for a in raw], list(getattr(segmenter, "notes", [])), background_model
 
 
 def _checked_masks(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str, list[str], tuple[bool, float]]:
@@ -139,11 +143,11 @@ def _checked_masks(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.
     warning, by the hybrid segmenter (u2netp with the same plate or median) when u2netp is here.
     """
     name = INPUT_ALPHA if clip.has_alpha else opts.segmenter
-    raw, alphas, notes = _segment(clip, opts, opts.segmenter)
+    raw, alphas, notes, from_background = _segment(clip, opts, opts.segmenter)
     camera = camera_moves(clip.work, alphas) if not clip.has_alpha else (False, 0.0)
     if name == INPUT_ALPHA:
         return alphas, name, notes, camera
-    problems = check_masks(raw, alphas, name)
+    problems = check_masks(raw, alphas, name, from_background)
     if name == "static-bg" and camera[0]:
         problems.insert(0, Finding(
             "moving-camera",
@@ -158,9 +162,9 @@ def _checked_masks(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.
     if fatal and name == "static-bg" and model_path("u2netp") is not None:
         warn(f"{fatal[0].message}: falling back to --segmenter hybrid (u2netp with the clip's background)")
         notes = notes + [f"static-bg fell back to hybrid: {fatal[0].message}"]
-        raw, alphas, more = _segment(clip, opts, "hybrid")
+        raw, alphas, more, from_background = _segment(clip, opts, "hybrid")
         name, notes = "hybrid", notes + more
-        fatal = [p for p in check_masks(raw, alphas, name) if p.fatal]
+        fatal = [p for p in check_masks(raw, alphas, name, from_background) if p.fatal]
     if fatal:
         raise Ds4dError(fatal[0].message, hint=fatal[0].hint)
     return alphas, name, notes, camera
