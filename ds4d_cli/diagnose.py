@@ -178,12 +178,12 @@ def check_clip(
         for t in cut_frames:
             name, share = contacts[t].worst()
             sides[name] = max(sides.get(name, 0.0), share)
-        where = ", ".join(f"{k} edge up to {v:.0%} of its {'height' if k in ('left', 'right') else 'width'}"
+        where = ", ".join(f"the {k} edge up to {v:.0%} of its {'height' if k in ('left', 'right') else 'width'}"
                           for k, v in sorted(sides.items(), key=lambda kv: -kv[1]))
         findings.append(Finding(
             "cut-off",
-            f"the object is cut off by the frame in {len(cut_frames)} of {n} frames ({_frames_text(cut_frames, times_s)}; "
-            f"{where}): the fit cannot invent the missing part",
+            f"the object is cut off by the frame in {len(cut_frames)} of {n} frames, {_frames_text(cut_frames, times_s)}, "
+            f"at {where}: the fit cannot invent the missing part",
             "film the whole object with a margin around it" + (fix_window or ", or choose --start/--end where it is whole"),
             cut_frames,
         ))
@@ -191,8 +191,8 @@ def check_clip(
         j = sorted(jumps)
         findings.append(Finding(
             "size-jump",
-            f"the object's size jumps between frames ({_frames_text(j, times_s)}: area "
-            f"{min(areas[t] for t in j):.1%} to {max(areas[t] for t in j):.1%} of the frame)",
+            f"the object's size jumps between frames, {_frames_text(j, times_s)}: its area goes from "
+            f"{min(areas[t] for t in j):.1%} to {max(areas[t] for t in j):.1%} of the frame",
             "keep a steady distance to the object (a zoom or a close pass breaks the fit)" + fix_window,
             j,
         ))
@@ -200,7 +200,7 @@ def check_clip(
     if empty:
         findings.append(Finding(
             "empty",
-            f"no object in {len(empty)} of {n} frames ({_frames_text(empty, times_s)})",
+            f"no object in {len(empty)} of {n} frames, {_frames_text(empty, times_s)}",
             "keep the object in view" + (fix_window or ", or choose --start/--end where it is"),
             empty,
         ))
@@ -210,10 +210,13 @@ def check_clip(
 
 
 def _frames_text(frames: Sequence[int], times_s: Sequence[float]) -> str:
-    """'frames 3-9 at 1.0-3.0 s' style summary of sampled-frame positions."""
+    """Which sampled frames (positions in the output), and when: 'frames 2, 4, 6 (4.0-11.9 s)'."""
     if len(frames) == 1:
         return f"frame {frames[0]} at {times_s[frames[0]]:.1f} s"
-    return f"frames {frames[0]}-{frames[-1]}, {_times([frames[0], frames[-1]], times_s)}"
+    contiguous = frames[-1] - frames[0] == len(frames) - 1
+    which = (f"{frames[0]}-{frames[-1]}" if contiguous else
+             ", ".join(str(f) for f in frames) if len(frames) <= 6 else f"{len(frames)} between {frames[0]} and {frames[-1]}")
+    return f"frames {which} ({_times([frames[0], frames[-1]], times_s)})"
 
 
 def _good_window(good: Sequence[bool], times_s: Sequence[float], fps: float) -> tuple[float, float] | None:

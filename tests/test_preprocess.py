@@ -69,7 +69,7 @@ def u2netp_run(tmp_path_factory: pytest.TempPathFactory, windmill_dir: Path) -> 
         mp.setattr(pooch, "retrieve", no_network)
         mp.setattr(urllib.request, "urlopen", no_network)
         result = run(ws, PreprocessOptions(source=str(windmill_dir / "input.mp4"), frames=6, size=256,
-                                           segmenter="u2netp", force_masks=True))
+                                           segmenter="u2netp"))
     assert not result.cached
     return ws
 
