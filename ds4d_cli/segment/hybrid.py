@@ -114,7 +114,8 @@ class HybridSegmenter:
 
         rgb = [np.ascontiguousarray(f[..., :3]) for f in frames]
         if self.plate is None and len(rgb) < MIN_FRAMES_FOR_MEDIAN:
-            self.notes.append(f"hybrid used u2netp alone: {len(rgb)} frames are too few for a background model")
+            few = f"{len(rgb)} frame is" if len(rgb) == 1 else f"{len(rgb)} frames are"
+            self.notes.append(f"hybrid used u2netp alone: {few} too few for a background model")
             return self._alone(rgb, on_frame)
         bg = StaticBgSegmenter(plate=self.plate, source_size=self.source_size)
         changed = bg.segment(rgb)
