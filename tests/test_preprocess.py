@@ -93,8 +93,8 @@ def test_u2netp_crop_keeps_the_object_whole(u2netp_run: Path, windmill_dir: Path
 @pytest.mark.parametrize("case, bar", [("windmill", 0.78), ("flapper", 0.55)])
 def test_hybrid_mask_iou_against_ground_truth(case: str, bar: float, tmp_path: Path, examples_dir: Path) -> None:
     """The default segmenter on the shared examples, no plate (the median of 6 frames): the bars
-    are the means measured here (windmill 0.81, flapper 0.61 with 6 frames; 0.82 / 0.68 with 8 in
-    the bench) less a margin. They are below the issue's 0.92, which the README says and explains."""
+    are the bench's means (windmill 0.82, flapper 0.68 with 8 frames; flapper 0.61 with these 6)
+    less a margin. They are below the issue's 0.92, which the README says and explains."""
     ws = tmp_path / "ws"
     run(ws, PreprocessOptions(source=str(examples_dir / case / "input.mp4"), frames=6, size=256))
     meta, frames = _outputs(ws)
