@@ -139,8 +139,9 @@ def _checked_masks(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.
     """Segment, then check the masks before anything is handed on.
 
     Broken masks (see :func:`ds4d_cli.diagnose.check_masks`), or static-bg on a moving camera,
-    stop the stage with the fix, unless ``--force-masks``; static-bg's are first retried, with a
-    warning, by the hybrid segmenter (u2netp with the same plate or median) when u2netp is here.
+    stop the stage with the fix, unless ``--force-masks``; static-bg's are first retried by the
+    hybrid segmenter (u2netp with the clip's median, or alone on a moving camera) when u2netp is
+    here, which the notes (printed as warnings) say.
     """
     name = INPUT_ALPHA if clip.has_alpha else opts.segmenter
     raw, alphas, notes, from_background = _segment(clip, opts, opts.segmenter)
@@ -159,9 +160,9 @@ def _checked_masks(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.
         for p in fatal:
             warn(f"{p.message} (kept: --force-masks)")
         return alphas, name, notes, camera
-    if fatal and name == "static-bg" and model_path("u2netp") is not None:
-        warn(f"{fatal[0].message}: falling back to --segmenter hybrid (u2netp with the clip's background)")
-        notes = notes + [f"static-bg fell back to hybrid: {fatal[0].message}"]
+    # With a plate on a fixed camera, hybrid's masks are static-bg's: no point in falling back.
+    if fatal and name == "static-bg" and (opts.background is None or camera[0]) and model_path("u2netp") is not None:
+        notes = notes + [f"{fatal[0].message}: falling back to --segmenter hybrid (u2netp with the clip's background)"]
         raw, alphas, more, from_background = _segment(clip, opts, "hybrid")
         name, notes = "hybrid", notes + more
         fatal = [p for p in check_masks(raw, alphas, name, from_background) if p.fatal]
