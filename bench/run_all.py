@@ -4,6 +4,8 @@
 2. fit seconds per step with DS4D's modules against the plain path (--no-dsfd --no-tssf);
 3. end-to-end wall time and peak memory of the bundled demo, and of its all-cached rerun;
 4. the viewer page: MB per frame, load time, frame rate and fidelity in Chromium (bench_viewer.py).
+5. preprocessing: seconds per frame, peak RSS and mask IoU per example and segmenter, and the
+   4K / 960x540 timing targets (bench_preprocess.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_demo  # noqa: E402
+import bench_preprocess  # noqa: E402
 import bench_render  # noqa: E402
 import bench_viewer  # noqa: E402
 
@@ -51,6 +54,11 @@ def main() -> int:
     console.print(bench_viewer.render_table(bench_viewer.run()))
 
     targets.append(("demo finishes in minutes (<= 10 min)", demo["wall_s"] <= 600, f"{demo['wall_s']:.0f} s"))
+
+    pre = bench_preprocess.run(quick=quick, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    for t in bench_preprocess.render_tables(pre):
+        console.print(t)
+    targets += bench_preprocess.check_targets(pre)
     summary = Table(title="targets")
     for col in ("target", "met", "measured"):
         summary.add_column(col)

@@ -145,6 +145,7 @@ def _split_list(text: Optional[str]) -> Optional[list[str]]:
 
 # --------------------------------------------------------------------------------------------
 class Segmenter(str, Enum):
+    hybrid = "hybrid"
     u2netp = "u2netp"
     u2net = "u2net"
     isnet = "isnet-general-use"
@@ -192,7 +193,9 @@ _SOURCE = typer.Argument(..., help="A video (mp4, mov, webm, gif...), a folder o
 _FRAMES = typer.Option(32, "--frames", "-n", help="Frames to sample evenly (fewer if the clip is shorter).")
 _SIZE = typer.Option(256, "--size", help="Side of the square object-centred output frames, in pixels.")
 _SEGMENTER = typer.Option(
-    Segmenter.u2netp, "--segmenter", help="rembg model (u2netp works offline) or static-bg for a fixed camera."
+    Segmenter.hybrid, "--segmenter",
+    help="hybrid (default: u2netp with the clip's own background), a rembg model (u2netp works offline), "
+    "or static-bg for a fixed camera with --background-plate.",
 )
 _PLATE = typer.Option(
     None, "--background-plate", help="static-bg only: an image of the empty scene (else a temporal median)."
@@ -262,13 +265,14 @@ def preprocess(
     background_plate: Optional[Path] = _PLATE,
     margin: float = typer.Option(0.1, "--margin", help="Extra border around the object, as a fraction of its size."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of an image folder (videos carry their own; default 12)."),
+    force_masks: bool = typer.Option(False, "--force-masks", help="Keep masks that fail the checks (warns instead of stopping)."),
     force: bool = typer.Option(False, "--force", help="Rerun; also allows replacing another clip in the workspace."),
 ) -> None:
     """Segment the object in every frame and crop one object-centred square for the whole clip."""
     from ds4d_cli.stages import preprocess as stage
 
     opts = _preprocess_options(source, segmenter, background_plate, frames=frames, size=size, start=start, end=end,
-                               margin=margin, fps=fps)
+                               margin=margin, fps=fps, force_masks=force_masks)
     stage.run(_ws_path(ctx), opts, force=force)
 
 

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ class VideoInfo:
     frame_count: int
     size: tuple[int, int]  # (W, H)
     container_duration_s: float | None = None  # what the file's header claims (videos only)
+    may_have_alpha: bool = True  # False for a video whose pixel format has no alpha channel
 
     @property
     def looks_truncated(self) -> bool:
@@ -98,24 +99,73 @@ def probe(path: str | Path, folder_fps: float = DEFAULT_FOLDER_FPS) -> VideoInfo
     if path.suffix.lower() in IMAGE_EXTS:
         return VideoInfo(path, "image", float(folder_fps), 1, _image_size(path))
 
+    return _probe_video(path)
+
+
+def _ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+#: Pixel formats whose frames can carry transparency (decoded as RGBA, else as RGB).
+_ALPHA_PIX_FMTS = re.compile(r"^(yuva|rgba|bgra|argb|abgr|ya|pal8|gbrap|rgb32|bgr32)")
+
+
+def _probe_video(path: Path) -> VideoInfo:
+    """Header facts plus an exact frame count from demuxing alone (``-c copy``: no decoding).
+
+    Counting packets this way reads the file once at disk speed; decoding it (what
+    ``count_frames_and_secs`` does) cost seconds on a 4K clip.
+    """
+    import subprocess
+
+    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
     try:
-        reader = imageio_ffmpeg.read_frames(str(path))
-        meta = next(reader)
-        reader.close()
-        count, _secs = imageio_ffmpeg.count_frames_and_secs(str(path))
-    except (OSError, RuntimeError, StopIteration) as exc:
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
         raise _ffmpeg_error(path, exc) from None
+    text = done.stderr.decode(errors="replace")
+    header = text.split("Output #0", 1)[0]
+    stream = next((line for line in header.splitlines() if line.lstrip().startswith("Stream") and " Video: " in line), None)
+    if done.returncode != 0 or stream is None:
+        raise _ffmpeg_error(path, RuntimeError(text))
+    counts = re.findall(r"frame=\s*(\d+)", text)
+    count = int(counts[-1]) if counts else 0
     if count <= 0:
         raise Ds4dError(f"{path.name} has no video frames (zero-length)", hint="record or export the clip again")
-    fps = float(meta.get("fps") or 0.0)
+    size = re.search(r"[ ,](\d{1,5})x(\d{1,5})[ ,\[]", stream)
+    if size is None:
+        raise _ffmpeg_error(path, RuntimeError(text))
+    w, h = int(size.group(1)), int(size.group(2))
+    rotation = re.search(r"rotation of (-?[\d.]+) degrees", header)
+    if rotation and round(abs(float(rotation.group(1)))) % 180 == 90:
+        w, h = h, w  # ffmpeg turns the frames upright when it decodes them
+    rate = re.search(r" ([\d.]+)(k?) fps", stream) or re.search(r" ([\d.]+)(k?) tbr", stream)
+    fps = float(rate.group(1)) * (1000 if rate.group(2) else 1) if rate else 0.0
     if not math.isfinite(fps) or fps <= 0:
         fps = DEFAULT_FOLDER_FPS
-    w, h = meta["size"]
-    claimed = meta.get("duration")
-    claimed = float(claimed) if isinstance(claimed, (int, float)) and math.isfinite(claimed) and claimed > 0 else None
-    return VideoInfo(path, "video", fps, int(count), (int(w), int(h)), claimed)
+    claimed = None
+    duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", header)
+    if duration:
+        secs = int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
+        claimed = secs if secs > 0 else None
+    pix_fmt = stream.split(" Video: ", 1)[1].split(",")[1].strip() if stream.count(",") >= 1 else ""
+    info = VideoInfo(path, "video", fps, count, (w, h), claimed, bool(_ALPHA_PIX_FMTS.match(pix_fmt)))
+    if info.looks_truncated:
+        # A cut file's last packet may be partial: only decoding tells how many frames are whole.
+        import dataclasses
+
+        import imageio_ffmpeg
+
+        try:
+            decoded, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+        except (OSError, RuntimeError) as exc:
+            raise _ffmpeg_error(path, exc) from None
+        if not decoded:
+            raise Ds4dError(f"{path.name} has no decodable video frames", hint="the file is truncated or corrupt; export the clip again")
+        info = dataclasses.replace(info, frame_count=int(decoded))
+    return info
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -171,49 +221,92 @@ def _to_array(im: "object") -> np.ndarray:
 def read_frames(info: VideoInfo, indices: Sequence[int] | None = None) -> list[np.ndarray]:
     """Decode the frames at ``indices`` (all when None) as HxWx3 or HxWx4 uint8 arrays.
 
-    Videos are decoded as RGBA so clips with an alpha channel (gif, ProRes 4444, png sequences)
-    keep it; :func:`drop_opaque_alpha` removes a channel that is 255 everywhere.
+    Videos whose pixel format can carry alpha (gif, ProRes 4444, png in mov...) are decoded as
+    RGBA; :func:`drop_opaque_alpha` removes a channel that is 255 everywhere.
     """
     wanted = list(range(info.frame_count)) if indices is None else list(indices)
-    if info.kind == "images":
+    found = dict(iter_frames(info, wanted))
+    return [found[i] for i in wanted]
+
+
+def iter_frames(info: VideoInfo, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, frame)`` for the sorted, distinct ``indices``, one frame in memory at a time.
+
+    A video is read in one ffmpeg pass that hands over only the wanted frames (``select``) and
+    stops after the last one: the cost is decoding up to the window's end, not converting and
+    copying every frame of the file through a pipe. No seeking: a seek lands on a keyframe that
+    is not always a clean restart point (real clips then decode with corrupt blocks).
+    """
+    wanted = sorted(set(int(i) for i in indices))
+    if not wanted:
+        return
+    if info.kind != "video":
         from PIL import Image
 
-        files = list_images(info.path)
-        out = []
+        files = list_images(info.path) if info.kind == "images" else [info.path]
         for i in wanted:
             with Image.open(files[i]) as im:
-                out.append(_to_array(im))
-        return out
-    if info.kind == "image":
-        from PIL import Image
+                yield i, _to_array(im)
+        return
+    yield from _iter_video(info, wanted)
 
-        with Image.open(info.path) as im:
-            return [_to_array(im)]
 
-    import imageio_ffmpeg
+def _select_filter(offsets: Sequence[int]) -> str:
+    """An ffmpeg ``select`` expression keeping the decoded frames numbered ``offsets``."""
+    return "select='" + "+".join(f"eq(n,{k})" for k in offsets) + "'"
 
-    keep = set(wanted)
-    found: dict[int, np.ndarray] = {}
-    last = max(keep) if keep else -1
-    try:
-        reader = imageio_ffmpeg.read_frames(str(info.path), pix_fmt="rgba", bpp=4)
-        meta = next(reader)
-        w, h = meta["size"]
-        for i, buf in enumerate(reader):
-            if i in keep:
-                found[i] = np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 4).copy()
-            if i >= last:
-                break
-        reader.close()
-    except (OSError, RuntimeError, StopIteration) as exc:
-        raise _ffmpeg_error(info.path, exc) from None
-    missing = [i for i in wanted if i not in found]
-    if missing:
-        raise Ds4dError(
-            f"{info.path.name} ends early: frame {missing[0]} of {info.frame_count} cannot be decoded",
-            hint="the file is truncated or corrupt; export the clip again",
-        )
-    return [found[i] for i in wanted]
+
+def _iter_video(info: VideoInfo, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    import subprocess
+    import tempfile
+
+    channels = 4 if info.may_have_alpha else 3
+    w, h = info.size
+    frame_bytes = w * h * channels
+    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    cmd += ["-i", str(info.path), "-map", "0:v:0", "-vf", _select_filter(wanted),
+            "-fps_mode", "passthrough", "-frames:v", str(len(wanted)), "-f", "rawvideo", "-pix_fmt", "rgba" if channels == 4 else "rgb24", "-"]
+    with tempfile.TemporaryFile() as log:
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, bufsize=0)
+        except OSError as exc:
+            raise _ffmpeg_error(info.path, exc) from None
+        assert proc.stdout is not None
+        got = 0
+        try:
+            for index in wanted:
+                buf = _read_exactly(proc.stdout, frame_bytes)
+                if buf is None:
+                    break
+                got += 1
+                yield index, np.frombuffer(buf, dtype=np.uint8).reshape(h, w, channels)
+        finally:
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        if got < len(wanted):
+            log.seek(0)
+            text = log.read().decode(errors="replace")
+            if got == 0 and text.strip():
+                raise _ffmpeg_error(info.path, RuntimeError(text))
+            raise Ds4dError(
+                f"{info.path.name} ends early: frame {wanted[got]} of {info.frame_count} cannot be decoded",
+                hint="the file is truncated or corrupt; export the clip again",
+            )
+
+
+def _read_exactly(stream: "object", n: int) -> bytearray | None:
+    """``n`` bytes from a pipe, or None when it ends first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    pos = 0
+    while pos < n:
+        k = stream.readinto(view[pos:])  # type: ignore[attr-defined]
+        if not k:
+            return None
+        pos += k
+    return buf
 
 
 def drop_opaque_alpha(frames: list[np.ndarray]) -> tuple[list[np.ndarray], bool]:

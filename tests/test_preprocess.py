@@ -68,7 +68,8 @@ def u2netp_run(tmp_path_factory: pytest.TempPathFactory, windmill_dir: Path) -> 
 
         mp.setattr(pooch, "retrieve", no_network)
         mp.setattr(urllib.request, "urlopen", no_network)
-        result = run(ws, PreprocessOptions(source=str(windmill_dir / "input.mp4"), frames=6, size=256))
+        result = run(ws, PreprocessOptions(source=str(windmill_dir / "input.mp4"), frames=6, size=256,
+                                           segmenter="u2netp"))
     assert not result.cached
     return ws
 
@@ -86,6 +87,21 @@ def test_u2netp_mask_iou_against_ground_truth(u2netp_run: Path, windmill_dir: Pa
 def test_u2netp_crop_keeps_the_object_whole(u2netp_run: Path, windmill_dir: Path) -> None:
     meta, frames = _outputs(u2netp_run)
     _assert_object_whole(meta, frames, windmill_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, bar", [("windmill", 0.78), ("flapper", 0.55)])
+def test_hybrid_mask_iou_against_ground_truth(case: str, bar: float, tmp_path: Path, examples_dir: Path) -> None:
+    """The default segmenter on the shared examples, no plate (the median of 6 frames): the bars
+    are the bench's means (windmill 0.82, flapper 0.68 with 8 frames; flapper 0.61 with these 6)
+    less a margin. They are below the issue's 0.92, which the README says and explains."""
+    ws = tmp_path / "ws"
+    run(ws, PreprocessOptions(source=str(examples_dir / case / "input.mp4"), frames=6, size=256))
+    meta, frames = _outputs(ws)
+    assert meta["segmenter"] == "hybrid"
+    scores = _crop_space_iou(meta, frames, examples_dir / case)
+    print(f"hybrid IoU on {case}: {np.round(scores, 3).tolist()} mean {np.mean(scores):.3f}")
+    assert np.mean(scores) >= bar, scores
 
 
 # -- static-bg: fast runs of the whole stage -------------------------------------------------

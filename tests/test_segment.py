@@ -187,5 +187,5 @@ def test_missing_weights_fail_before_importing_rembg(tmp_path: Path) -> None:
 def test_unknown_segmenter_and_misplaced_plate() -> None:
     with pytest.raises(Ds4dError, match="unknown segmenter"):
         make_segmenter("magic")
-    with pytest.raises(Ds4dError, match="only applies to --segmenter static-bg"):
+    with pytest.raises(Ds4dError, match="only applies to --segmenter hybrid or static-bg"):
         make_segmenter("u2netp", "plate.png")

@@ -119,35 +119,98 @@ def _windows(w: int, h: int, zooms: Sequence[float]) -> list[tuple[int, int, int
     return out
 
 
+#: rembg models whose preprocessing (320 px, ImageNet mean/std after dividing by the image's max)
+#: we reproduce, so that they run batched straight on onnxruntime (no rembg import at all).
+DIRECT = {"u2netp", "u2net"}
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_STD = np.array([0.229, 0.224, 0.225], np.float32)
+#: Views run in one onnxruntime call at most (peak memory grows ~270 MB per view for u2netp).
+MAX_BATCH = 2
+
+
+class U2netOnnx:
+    """u2net/u2netp on onnxruntime with a free batch dimension: many views, one call."""
+
+    def __init__(self, weights: Path) -> None:
+        import onnxruntime as ort
+
+        from ds4d_cli.segment.onnx_batch import free_batch_dim
+
+        opts = ort.SessionOptions()
+        opts.enable_cpu_mem_arena = False  # the arena keeps the largest batch's buffers for good
+        threads = os.environ.get("OMP_NUM_THREADS")
+        if threads and threads.isdigit():
+            opts.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(free_batch_dim(weights.read_bytes()), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.side = 320
+
+    def _tensor(self, rgb: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        im = np.asarray(Image.fromarray(rgb).resize((self.side, self.side), Image.Resampling.LANCZOS), np.float32)
+        im = im / max(float(im.max()), 1e-6)
+        return ((im - _MEAN) / _STD).transpose(2, 0, 1)
+
+    def predict(self, views: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Soft saliency (float32, min-max normalised like rembg) for each RGB view, at its own size."""
+        from PIL import Image
+
+        out: list[np.ndarray] = []
+        for b0 in range(0, len(views), MAX_BATCH):
+            chunk = views[b0 : b0 + MAX_BATCH]
+            batch = np.stack([self._tensor(v) for v in chunk]).astype(np.float32)
+            pred = self.session.run(None, {self.input_name: batch})[0][:, 0]
+            for p, view in zip(pred, chunk):
+                lo, hi = float(p.min()), float(p.max())
+                p = (p - lo) / (hi - lo) if hi - lo > 1e-6 else np.zeros_like(p)
+                h, w = view.shape[:2]
+                im = Image.fromarray(p.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR)
+                out.append(np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0))
+        return out
+
+
+class _RembgPredictor:
+    """Any rembg model through its own session, one view per call."""
+
+    def __init__(self, session: object) -> None:
+        self.session = session
+
+    def predict(self, views: Sequence[np.ndarray]) -> list[np.ndarray]:
+        from PIL import Image
+
+        out = []
+        for rgb in views:
+            # rembg min-max normalises each prediction: a flat frame divides 0 by 0 (NaN -> 0 here).
+            with np.errstate(all="ignore"):
+                mask = self.session.predict(Image.fromarray(rgb))[0]  # type: ignore[attr-defined]
+            out.append(np.nan_to_num(np.asarray(mask, dtype=np.float32) / 255.0))
+        return out
+
+
 @dataclass
 class RembgSegmenter:
     """Soft masks from one rembg model; construct with :func:`load_rembg`."""
 
     name: str
-    session: object
-    views: bool = True
-
-    def _predict(self, rgb: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
-        # rembg min-max normalises each prediction: a flat frame divides 0 by 0 (NaN -> 0 here).
-        with np.errstate(all="ignore"):
-            mask = self.session.predict(Image.fromarray(rgb))[0]  # type: ignore[attr-defined]
-        return np.nan_to_num(np.asarray(mask, dtype=np.float32) / 255.0)
+    predictor: object
+    zooms: tuple[float, ...] = ZOOMS
 
     def soft_mask(self, rgb: np.ndarray) -> np.ndarray:
-        """Average soft mask over the views of one frame (float32 HxW in [0, 1])."""
+        """Average soft mask over the views of one frame (float32 HxW in [0, 1]), views in one call."""
         h, w = rgb.shape[:2]
-        if not self.views:
-            return self._predict(rgb)
+        if not self.zooms:
+            return self.predictor.predict([rgb])[0]  # type: ignore[attr-defined]
+        views, where = [], []
+        for x0, y0, x1, y1 in _windows(w, h, self.zooms):
+            crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+            views += [crop, np.ascontiguousarray(crop[:, ::-1])]
+            where += [(x0, y0, x1, y1, False), (x0, y0, x1, y1, True)]
         total = np.zeros((h, w), np.float32)
         count = np.zeros((h, w), np.float32)
-        for x0, y0, x1, y1 in _windows(w, h, ZOOMS):
-            crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
-            for mirrored in (False, True):
-                pred = self._predict(np.ascontiguousarray(crop[:, ::-1]) if mirrored else crop)
-                total[y0:y1, x0:x1] += pred[:, ::-1] if mirrored else pred
-                count[y0:y1, x0:x1] += 1.0
+        for pred, (x0, y0, x1, y1, mirrored) in zip(self.predictor.predict(views), where):  # type: ignore[attr-defined]
+            total[y0:y1, x0:x1] += pred[:, ::-1] if mirrored else pred
+            count[y0:y1, x0:x1] += 1.0
         mean = total / np.maximum(count, 1.0)
         # Map the averaged score so that THRESHOLD lands on alpha 0.5, with a soft ramp around it.
         return np.clip((mean - THRESHOLD) / (2 * 0.15) + 0.5, 0.0, 1.0).astype(np.float32)
@@ -162,6 +225,9 @@ class RembgSegmenter:
 
 
 def load_rembg(name: str) -> RembgSegmenter:
-    """Check the weights exist, then build the offline session (imports rembg)."""
+    """Check the weights exist, then build the offline predictor (rembg imported only if needed)."""
     weights = require_model(name)
-    return RembgSegmenter(name, _offline_session(name, weights), views=name not in SINGLE_VIEW)
+    if name in DIRECT:
+        return RembgSegmenter(name, U2netOnnx(weights))
+    zooms = () if name in SINGLE_VIEW else ZOOMS
+    return RembgSegmenter(name, _RembgPredictor(_offline_session(name, weights)), zooms)

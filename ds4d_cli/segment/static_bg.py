@@ -46,8 +46,11 @@ FG_SIGMA = 2.0
 MIN_FRAMES_FOR_MEDIAN = 3
 
 
-def load_plate(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Read the clean plate as float32 RGB; it must match the frames' (W, H)."""
+def load_plate(path: str | Path, size: tuple[int, int], work_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read the clean plate as float32 RGB; it must match the source's (W, H).
+
+    ``work_size``: the (W, H) the frames were scaled to for segmentation; the plate follows.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path).expanduser()
@@ -63,6 +66,10 @@ def load_plate(path: str | Path, size: tuple[int, int]) -> np.ndarray:
             f"background plate is {plate.shape[1]}x{plate.shape[0]} but the frames are {size[0]}x{size[1]}",
             hint="take the plate from the same camera at the same resolution",
         )
+    if work_size is not None and tuple(work_size) != tuple(size):
+        from ds4d_cli.framestore import downscale
+
+        plate = downscale(np.clip(plate, 0, 255).astype(np.uint8), tuple(work_size)).astype(np.float32)
     return plate
 
 
@@ -89,6 +96,7 @@ class StaticBgSegmenter:
     """Background-difference segmentation; ``plate`` None means a temporal median background."""
 
     plate: str | None = None
+    source_size: tuple[int, int] | None = None  # (W, H) of the source when frames are downscaled
     blur_sigma: float = 1.0
     name: str = "static-bg"
     notes: list[str] = field(default_factory=list)
@@ -107,7 +115,7 @@ class StaticBgSegmenter:
     def background(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         h, w = frames[0].shape[:2]
         if self.plate is not None:
-            return load_plate(self.plate, (w, h))
+            return load_plate(self.plate, self.source_size or (w, h), (w, h))
         if len(frames) < MIN_FRAMES_FOR_MEDIAN:
             raise Ds4dError(
                 f"static-bg needs at least {MIN_FRAMES_FOR_MEDIAN} frames for its background model (got {len(frames)})",

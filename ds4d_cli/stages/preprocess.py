@@ -16,18 +16,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ds4d_cli.report import info, warn
-from ds4d_cli.crop import clip_box, crop_intrinsics, crop_rgba
+from ds4d_cli.crop import clip_box, crop_intrinsics, crop_region, snap_box
+from ds4d_cli.diagnose import Finding, camera_moves, check_clip, check_masks
 from ds4d_cli.errors import Ds4dError
+from ds4d_cli.framestore import SampledClip, load_sampled
 from ds4d_cli.fsutil import atomic_path, write_json_atomic
+from ds4d_cli.report import info, warn
 from ds4d_cli.report import progress as progress_bar
-from ds4d_cli.segment import SEGMENTERS, clean_alpha, make_segmenter
-from ds4d_cli.video import DEFAULT_FOLDER_FPS, Clip, VideoInfo, load_clip, probe, sample_indices
+from ds4d_cli.segment import PLATE_SEGMENTERS, SEGMENTERS, clean_alpha, make_segmenter, model_path
+from ds4d_cli.video import DEFAULT_FOLDER_FPS, VideoInfo, probe, sample_indices
 from ds4d_cli.workspace import StageResult, Workspace, run_stage, sha256_of_path
 
 STAGE = "preprocess"
 #: Bump when the outputs for the same options change (segmentation, crop or file layout).
-VERSION = 2
+VERSION = 3
 #: A frame holds an object when at least this fraction of it (and MIN_OBJECT_PIXELS) is opaque.
 MIN_OBJECT_FRACTION = 5e-4
 MIN_OBJECT_PIXELS = 16
@@ -44,10 +46,11 @@ class PreprocessOptions:
     size: int = 256
     start: float | None = None
     end: float | None = None
-    segmenter: str = "u2netp"
-    background: str | None = None  # static-bg: clean plate of the empty scene
+    segmenter: str = "hybrid"
+    background: str | None = None  # hybrid/static-bg: clean plate of the empty scene
     margin: float = 0.1
     fps: float | None = None  # frame rate of an image folder (videos carry their own); default 12
+    force_masks: bool = False  # hand on masks that fail the checks (with a warning) instead of stopping
 
 
 def _validate(opts: PreprocessOptions) -> None:
@@ -62,9 +65,10 @@ def _validate(opts: PreprocessOptions) -> None:
         raise Ds4dError(f"--fps must be positive (got {opts.fps})", hint="e.g. --fps 24")
     if opts.segmenter not in SEGMENTERS:
         raise Ds4dError(f"unknown segmenter {opts.segmenter!r}", hint=f"choose one of {', '.join(SEGMENTERS)}")
-    if opts.background is not None and opts.segmenter != "static-bg":
+    if opts.background is not None and opts.segmenter not in PLATE_SEGMENTERS:
         raise Ds4dError(
-            "--background-plate only applies to --segmenter static-bg", hint="drop it, or add --segmenter static-bg"
+            "--background-plate only applies to --segmenter hybrid or static-bg",
+            hint="drop it, or add --segmenter hybrid",
         )
     if opts.background is not None and not Path(opts.background).expanduser().is_file():
         raise Ds4dError(f"background plate not found: {opts.background}", hint="pass an image of the empty scene")
@@ -82,6 +86,7 @@ def _normalised(opts: PreprocessOptions) -> PreprocessOptions:
         background=None if opts.background is None else str(Path(opts.background).expanduser().absolute()),
         margin=float(opts.margin),
         fps=None if opts.fps is None else float(opts.fps),
+        force_masks=bool(opts.force_masks),
     )
 
 
@@ -113,16 +118,57 @@ def run(workspace: Workspace | str | os.PathLike[str] | None, opts: PreprocessOp
 
 
 # -- the stage body ------------------------------------------------------------------------
-def _segment(clip: Clip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str, list[str]]:
-    """Soft alphas for the clip's frames, the segmenter's name and notes for the user."""
+def _segment(
+    clip: SampledClip, opts: PreprocessOptions, name: str
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str], bool]:
+    """(raw, cleaned) soft alphas at working resolution from segmenter ``name``, its notes, and
+    whether the masks came from a background model (a plate or a temporal median)."""
     if clip.has_alpha:
         info("input has an alpha channel: using it, no segmentation")
-        return [f[..., 3].astype(np.float32) / 255.0 for f in clip.frames], INPUT_ALPHA, []
-    segmenter = make_segmenter(opts.segmenter, opts.background)
-    with progress_bar(f"Segmenting ({opts.segmenter})", total=len(clip.frames), fields=()) as bar:
-        raw = segmenter.segment(clip.frames, on_frame=lambda: bar.advance(1))
-    alphas = [clean_alpha(np.nan_to_num(a)) for a in raw]
-    return alphas, opts.segmenter, list(getattr(segmenter, "notes", []))
+        alphas = [f[..., 3].astype(np.float32) / 255.0 for f in clip.work]
+        return alphas, alphas, [], False
+    plate = opts.background if name in PLATE_SEGMENTERS else None
+    segmenter = make_segmenter(name, plate, source_size=clip.info.size)
+    with progress_bar(f"Segmenting ({name})", total=len(clip.work), fields=()) as bar:
+        raw = [np.nan_to_num(a) for a in segmenter.segment(clip.work, on_frame=lambda: bar.advance(1))]
+    background_model = name == "static-bg" or bool(getattr(segmenter, "used_plate", ""))
+    return raw, [clean_alpha(a) for a in raw], list(getattr(segmenter, "notes", [])), background_model
+
+
+def _checked_masks(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str, list[str], tuple[bool, float]]:
+    """Segment, then check the masks before anything is handed on.
+
+    Broken masks (see :func:`ds4d_cli.diagnose.check_masks`), or static-bg on a moving camera,
+    stop the stage with the fix, unless ``--force-masks``; static-bg's are first retried by the
+    hybrid segmenter (u2netp with the clip's median, or alone on a moving camera) when u2netp is
+    here, which the notes (printed as warnings) say.
+    """
+    name = INPUT_ALPHA if clip.has_alpha else opts.segmenter
+    raw, alphas, notes, from_background = _segment(clip, opts, opts.segmenter)
+    camera = camera_moves(clip.work, alphas) if not clip.has_alpha else (False, 0.0)
+    if name == INPUT_ALPHA:
+        return alphas, name, notes, camera
+    problems = check_masks(raw, alphas, name, from_background)
+    if name == "static-bg" and camera[0]:
+        problems.insert(0, Finding(
+            "moving-camera",
+            f"the camera moves (the background changes in {camera[1]:.0%} of its pixels between frames) but "
+            "static-bg needs a fixed camera",
+            "use --segmenter hybrid or u2netp, or --force-masks to keep these masks", [], True))
+    fatal = [p for p in problems if p.fatal]
+    if fatal and opts.force_masks:
+        for p in fatal:
+            warn(f"{p.message} (kept: --force-masks)")
+        return alphas, name, notes, camera
+    # With a plate on a fixed camera, hybrid's masks are static-bg's: no point in falling back.
+    if fatal and name == "static-bg" and (opts.background is None or camera[0]) and model_path("u2netp") is not None:
+        notes = notes + [f"{fatal[0].message}: falling back to --segmenter hybrid (u2netp with the clip's background)"]
+        raw, alphas, more, from_background = _segment(clip, opts, "hybrid")
+        name, notes = "hybrid", notes + more
+        fatal = [p for p in check_masks(raw, alphas, name, from_background) if p.fatal]
+    if fatal:
+        raise Ds4dError(fatal[0].message, hint=fatal[0].hint)
+    return alphas, name, notes, camera
 
 
 def _no_object_hint(segmenter_name: str, opts: PreprocessOptions) -> str:
@@ -143,16 +189,20 @@ def _has_object(alpha: np.ndarray) -> bool:
 
 
 def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dict[str, Any]:
-    clip = load_clip(opts.source, opts.frames, opts.start, opts.end, info=source_info)
+    with load_sampled(opts.source, opts.frames, opts.start, opts.end, info=source_info) as clip:
+        return _process(out_dir, opts, clip)
+
+
+def _process(out_dir: Path, opts: PreprocessOptions, clip: SampledClip) -> dict[str, Any]:
     if clip.info.looks_truncated:
         warn(
             f"{clip.info.path.name} looks truncated: its header says {clip.info.container_duration_s:g}s but only "
             f"{clip.info.frame_count} frames ({clip.info.duration_s:g}s) decode; using those"
         )
-    if len(clip.frames) < opts.frames:
-        n = len(clip.frames)
+    if len(clip.work) < opts.frames:
+        n = len(clip.work)
         info(f"the clip has only {n} frame{'s' if n != 1 else ''} in the chosen window: using all of them")
-    alphas, segmenter_name, notes = _segment(clip, opts)
+    alphas, segmenter_name, notes, camera = _checked_masks(clip, opts)
 
     present = [_has_object(a) for a in alphas]
     if not any(present):
@@ -162,22 +212,28 @@ def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dic
         )
     for note in notes:
         warn(note)
-    missing = [i for i, p in enumerate(present) if not p]
-    if missing:
-        warn(f"no object found in {len(missing)} of {len(alphas)} frames (e.g. frame {missing[0]}); they stay empty")
-        alphas = [a if p else np.zeros_like(a) for a, p in zip(alphas, present)]
+    alphas = [a if p else np.zeros_like(a) for a, p in zip(alphas, present)]
+    report = check_clip(alphas, clip.times_s, clip.info.fps, camera)
+    if report.camera_moving and segmenter_name != "static-bg":
+        warn(f"the camera moves (the background changes in {report.background_changed:.0%} of its pixels between "
+             "frames): ds4d assumes a fixed camera and will take the camera's motion for the object's — film from a "
+             "tripod or rest the phone on something")
+    for finding in report.findings:
+        warn(finding.line())
 
-    box = clip_box([a for a, p in zip(alphas, present) if p], opts.margin)
+    scale = clip.scale
+    box = snap_box(clip_box([a for a, p in zip(alphas, present) if p], opts.margin, scale=scale), opts.size)
     frames_dir = out_dir / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     crops = []
     with progress_bar("Cropping", total=len(alphas)) as bar:
-        for t, (frame, alpha) in enumerate(zip(clip.frames, alphas)):
-            rgba = crop_rgba(frame, alpha, box, opts.size)
+        for t, alpha in enumerate(alphas):
+            rgba = crop_region(clip.region(t, box), alpha, box, scale, opts.size)
             _save_png(frames_dir / f"{t:03d}.png", rgba)
             crops.append(rgba)
             bar.advance(1)
-    _save_png(out_dir / "contact_sheet.png", contact_sheet(crops, clip.indices, overview=(clip.frames[0], box)))
+    overview = (clip.work[0], [v * scale for v in box])
+    _save_png(out_dir / "contact_sheet.png", contact_sheet(crops, clip.indices, overview=overview))
 
     fps = clip.info.fps
     duration = clip.info.duration_s
@@ -194,6 +250,7 @@ def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dic
         "frame_times_s": times_s,
         "frame_times": [t / duration for t in times_s],
         "original_size": [w, h],
+        "working_size": [clip.work[0].shape[1], clip.work[0].shape[0]],
         "crop_box": list(box),
         "size": opts.size,
         "margin": opts.margin,
@@ -202,6 +259,10 @@ def _body(out_dir: Path, opts: PreprocessOptions, source_info: VideoInfo) -> dic
         "object_fraction": fractions,
         "crop_intrinsics": crop_intrinsics(box, opts.size),
         "notes": notes,
+        "camera_moving": report.camera_moving,
+        "background_change": round(report.background_changed, 4),
+        "findings": [{"code": f.code, "message": f.line(), "frames": f.frames} for f in report.findings],
+        "suggested_window": list(report.window) if report.window else None,
     }
     write_json_atomic(out_dir / "meta.json", meta)
     return {
