@@ -501,7 +501,7 @@ def batch(
     with its error and does not stop the others (the exit code is 3 if any failed)."""
     from ds4d_cli.batch.cluster import ray_address
     from ds4d_cli.batch.runner import ClipsFailed, run_batch, stage_names
-    from ds4d_cli.batch.view import summary_table
+    from ds4d_cli.batch.view import make_view, summary_table
     from ds4d_cli.batch.worker import StagePlan
 
     if prior is Prior.import_:
@@ -520,7 +520,8 @@ def batch(
     )
     state = ctx.ensure_object(_State)
     result = run_batch(clips, out, plan, workers=workers, ray=ray is not None,
-                       ray_address=ray_address(ray) if ray else None, quiet=state.quiet)
+                       ray_address=ray_address(ray) if ray else None,
+                       make_view=lambda names: make_view(names, quiet=state.quiet))
     done = len(result.results) - len(result.failed)
     console.print(summary_table(result.results, stage_names(plan),
                                 f"ds4d batch: {done} done, {len(result.failed)} failed — {result.path}"))

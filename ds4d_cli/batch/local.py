@@ -11,11 +11,12 @@ on the CPU each slot gets an equal share of the cores for the rasterizer
 from __future__ import annotations
 
 import multiprocessing as mp
-from multiprocessing import connection
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
+from multiprocessing import connection
 from typing import Any, Callable, Optional
 
 from ds4d_cli.batch.clips import Clip
@@ -82,7 +83,10 @@ def sizing_text(slots: list[Slot], gpus: int, cores: int, requested: Optional[in
 def _worker_main(clip: Clip, plan: StagePlan, slot: Slot, conn: Any) -> None:
     """A worker process: its slot's environment first (before torch loads), then the clip."""
     os.environ.update(slot.environment())
-    result = run_clip(clip, plan, conn.send)
+    try:
+        result = run_clip(clip, plan, conn.send)
+    except KeyboardInterrupt:  # Ctrl-C reached the whole process group; the fit saved its checkpoint
+        sys.exit(130)
     conn.send(ClipFinished(result))
     conn.close()
 

@@ -2,9 +2,10 @@
 
 :func:`run_batch` expands the clip arguments, gives each clip its workspace
 (:mod:`ds4d_cli.batch.clips`), runs them with the local worker pool (:mod:`ds4d_cli.batch.local`)
-or as Ray tasks (:mod:`ds4d_cli.batch.cluster`), shows their progress (:mod:`ds4d_cli.batch.view`)
-and writes ``batch.json`` under ``--out``: rewritten atomically each time a clip finishes, so it
-is always whole and, after a lost driver, still says which clips finished.
+or as Ray tasks (:mod:`ds4d_cli.batch.cluster`), hands their messages to a view (the CLI's is
+the live table of :mod:`ds4d_cli.batch.view`; a library call shows nothing) and writes
+``batch.json`` under ``--out``, rewritten atomically each time a clip finishes, so it is always
+whole and, after a lost driver, still says which clips finished.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import fcntl
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, TextIO
+from typing import Any, Callable, Iterator, Optional
 
 from ds4d_cli import __version__, report
 from ds4d_cli.batch.clips import Clip, assign_workspaces, expand_clips
-from ds4d_cli.batch.view import Board, make_view
 from ds4d_cli.batch.worker import DONE, FAILED, ClipFinished, ClipResult, StagePlan
 from ds4d_cli.errors import Ds4dError
 from ds4d_cli.fsutil import write_json_atomic
@@ -39,6 +39,22 @@ class ClipsFailed(Ds4dError):
         super().__init__(f"{len(failed)} clip(s) failed ({names}); their errors are in {path}",
                          hint="fix them and run the same command again: finished clips are cached, "
                               "interrupted ones resume")
+
+
+class BatchView:
+    """What shows a running batch; this one shows nothing (see :mod:`ds4d_cli.batch.view`)."""
+
+    def __init__(self, clips: list[str] | None = None) -> None:
+        self.clips = clips or []
+
+    def start(self, clip: str, where: str) -> None:
+        """A local worker took ``clip`` (``where``: its GPU or threads)."""
+
+    def handle(self, message: Any) -> None:
+        """A worker's message: StageStarted, ClipEvent or ClipFinished."""
+
+    def close(self) -> None:
+        """The batch ended (or was interrupted)."""
 
 
 @dataclass
@@ -63,9 +79,12 @@ def stage_names(plan: StagePlan) -> list[str]:
 
 
 def run_batch(clip_args: list[str], out: Path, plan: StagePlan, workers: Optional[int] = None,
-              ray: bool = False, ray_address: Optional[str] = None, quiet: bool = False,
-              stream: Optional[TextIO] = None) -> BatchReport:
-    """Run every clip (finished ones are all cache hits); never raises for a failing clip."""
+              ray: bool = False, ray_address: Optional[str] = None,
+              make_view: Optional[Callable[[list[str]], BatchView]] = None) -> BatchReport:
+    """Run every clip (finished ones are all cache hits); never raises for a failing clip.
+
+    ``make_view`` builds what shows the batch from the clips' names (default: nothing shown).
+    """
     if workers is not None and workers < 1:
         raise Ds4dError(f"--workers must be at least 1 (got {workers})", hint="e.g. --workers 2, or leave it out")
     out = out.expanduser().absolute()
@@ -75,11 +94,11 @@ def run_batch(clip_args: list[str], out: Path, plan: StagePlan, workers: Optiona
         raise Ds4dError(f"cannot create the batch folder {out}: {exc.strerror or exc}", hint="choose a writable --out") from exc
     clips = assign_workspaces(expand_clips(clip_args), out)
     with _batch_lock(out):
-        return _run(clips, out, plan, workers, ray, ray_address, quiet, stream)
+        return _run(clips, out, plan, workers, ray, ray_address, make_view or BatchView)
 
 
 def _run(clips: list[Clip], out: Path, plan: StagePlan, workers: Optional[int], ray: bool,
-         ray_address: Optional[str], quiet: bool, stream: Optional[TextIO]) -> BatchReport:
+         ray_address: Optional[str], make_view: Callable[[list[str]], BatchView]) -> BatchReport:
     started = _now()
     t0 = time.perf_counter()
     results: dict[str, ClipResult] = {}
@@ -96,10 +115,6 @@ def _run(clips: list[Clip], out: Path, plan: StagePlan, workers: Optional[int], 
         batch.results = [results.get(c.name) or ClipResult(c.name, str(c.source), str(c.workspace), status=PENDING)
                          for c in clips]
         _write(batch, plan, started, time.perf_counter() - t0)
-
-    board = Board([c.name for c in clips])
-    for r in results.values():
-        board.handle(ClipFinished(r))
 
     def on_message(msg: Any) -> None:
         view.handle(msg)
@@ -120,7 +135,9 @@ def _run(clips: list[Clip], out: Path, plan: StagePlan, workers: Optional[int], 
                         "slots": [s.describe() for s in slots]}
         report.info(f"batch: {len(clips)} clip(s) in {out}; {sizing_text(slots, gpus, cores, workers)}")
     record()
-    view = make_view(board, quiet=quiet, stream=stream)
+    view = make_view([c.name for c in clips])  # after the lines above: a live table holds the screen
+    for r in results.values():
+        view.handle(ClipFinished(r))
     try:
         if ray:
             from ds4d_cli.batch.cluster import run_ray

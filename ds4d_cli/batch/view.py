@@ -1,5 +1,8 @@
 """What a person sees while a batch runs: a live table on a terminal, plain lines in a log.
 
+The CLI side of ``ds4d batch`` (like :mod:`ds4d_cli.terminal`): ``cli.py`` hands
+:func:`make_view` to :func:`ds4d_cli.batch.runner.run_batch`, which feeds it the workers' messages.
+
 :class:`Board` is the batch's live state (per clip: state, stage, the running task's progress
 and figures, seconds), fed by the workers' messages (:mod:`ds4d_cli.batch.worker`), which carry
 the stages' own report events; nothing parses output. :class:`LiveTable` redraws it with rich on
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TextIO
 
 from ds4d_cli import report
+from ds4d_cli.batch.runner import BatchView
 from ds4d_cli.batch.worker import DONE, ClipEvent, ClipFinished, ClipResult, StageStarted
 from ds4d_cli.terminal import LogRenderer, figures_text, format_duration
 
@@ -89,7 +93,7 @@ class Board:
         return out
 
 
-class LiveTable:
+class LiveTable(BatchView):
     """The board redrawn with rich, a few times a second, until :meth:`close`."""
 
     def __init__(self, board: Board, console: Any) -> None:
@@ -138,7 +142,7 @@ class LiveTable:
         self._live.stop()
 
 
-class BatchLog:
+class BatchLog(BatchView):
     """Whole plain lines: each clip's events as ``ds4d`` prints them in a log, prefixed ``[clip]``."""
 
     def __init__(self, board: Board, stream: Optional[TextIO] = None, quiet: bool = False) -> None:
@@ -194,8 +198,9 @@ def _title(board: Board) -> str:
     return "ds4d batch: " + ", ".join(parts)
 
 
-def make_view(board: Board, quiet: bool = False, stream: Optional[TextIO] = None) -> Any:
+def make_view(clips: list[str], quiet: bool = False, stream: Optional[TextIO] = None) -> BatchView:
     """The live table when ``stream`` (default stderr) is a terminal and not quiet, else log lines."""
+    board = Board(clips)
     stream = stream or sys.stderr
     if not quiet and getattr(stream, "isatty", lambda: False)():
         from ds4d_cli.console import console
