@@ -555,7 +555,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         args = with_bare_ray_as_local(args)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="ds4d", standalone_mode=False)
+        code = app(args=args, prog_name="ds4d", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into Exit(130), which it returns instead of raising
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except cli_exceptions.ClickException as exc:  # usage errors: exit 2 with click's message

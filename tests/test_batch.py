@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,6 +133,18 @@ def test_a_missing_clip_fails_without_a_worker_or_a_workspace(tmp_path: Path, ca
     assert sorted(p.name for p in out.iterdir()) == [".batch.lock", "batch.json"]  # no workspace was made
 
 
+def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from ds4d_cli.batch import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_batch", interrupted)
+    code, err = _batch(capsys, [str(tmp_path / "a.mp4"), "--out", str(tmp_path / "out"), "--prior", "none"])
+    assert code == 130 and "interrupted" in err and "run the command again to resume" in err
+
+
 # ------------------------------------------------------------------------------ real batches
 @pytest.fixture(scope="module")
 def three_clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
@@ -191,27 +204,54 @@ def test_batch_two_done_one_failed_then_rerun_is_all_cache_hits(tmp_path: Path, 
     assert not list(out.glob("*/batch-error.txt"))  # no internal error anywhere
 
 
+def _kill_when_checkpointed(workspace_glob: Path, deadline_s: float, killed: list) -> None:
+    """SIGKILL the process that holds a workspace once its fit wrote a checkpoint (at step 100)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        found = sorted(workspace_glob.parent.glob(f"{workspace_glob.name}/fit/checkpoints/latest.pt"))
+        if found:
+            ws = found[0].parents[2]
+            pid = int((ws / ".lock").read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append((ws, pid))
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
-def test_batch_on_a_local_ray_instance(tmp_path: Path, three_clips: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_batch_on_a_local_ray_instance_retries_a_killed_task_from_its_checkpoint(
+        tmp_path: Path, three_clips: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
         pytest.fail("ray is not installed: `make cluster` (make test does it) installs ds4d[cluster]")
     out = tmp_path / "out"
-    code, err = _batch(capsys, [*map(str, three_clips), "--ray", "--out", str(out), *TINY, "--steps", "3"])
+    killed: list = []  # the Ray worker running the first clip dies once its fit has a checkpoint
+    killer = threading.Thread(target=_kill_when_checkpointed, args=(out / "clip-*", 240, killed), daemon=True)
+    killer.start()
+    code, err = _batch(capsys, [*map(str, three_clips), "--ray", "--out", str(out), *TINY, "--steps", "130"])
+    killer.join()
     assert code == 3, err
     record = _check_two_done_one_failed(out, three_clips)
     runner = record["runner"]
     assert runner["kind"] == "ray" and runner["address"] == "local" and runner["max_retries"] >= 1
     assert runner["task_resources"] == {"num_gpus": 0, "num_cpus": min(2, int(runner["resources"]["CPU"]))}
-    assert "[clip-" in err and "Fitting: step 3/3" in err  # the stages' progress came back from the tasks
+    assert "[clip-" in err and "Fitting: step 130/130" in err  # the stages' progress came back from the tasks
+    # Ray ran the killed task again; it found its workspace and resumed the fit from the checkpoint
+    (ws, pid), = killed
+    assert pid != os.getpid()
+    retried = next(c for c in record["clips"] if c["workspace"] == str(ws))
+    assert retried["status"] == "done" and retried["resumed_from"] == 100, retried
+    assert retried["stages"]["preprocess"]["cached"] and not retried["stages"]["fit"]["cached"]
+    others = [c for c in record["clips"] if c["status"] == "done" and c["workspace"] != str(ws)]
+    assert [c["resumed_from"] for c in others] == [0]
 
 
 @pytest.mark.slow
 def test_worker_killed_mid_fit_fails_its_clip_and_the_rerun_resumes_from_its_checkpoint(
         tmp_path: Path, three_clips: list[Path]) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ds4d_cli", "batch", str(three_clips[0]), "--out", str(out), *TINY, "--steps", "140"]
+    cmd = [sys.executable, "-m", "ds4d_cli", "batch", str(three_clips[0]), "--out", str(out), *TINY, "--steps", "130"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("DS4D_WORKSPACE", None)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -238,4 +278,4 @@ def test_worker_killed_mid_fit_fails_its_clip_and_the_rerun_resumes_from_its_che
     assert clip["status"] == "done" and clip["resumed_from"] == 100, clip
     assert clip["stages"]["preprocess"]["cached"] and clip["stages"]["generate"]["cached"]
     summary = json.loads((ws / "fit" / "manifest.json").read_text())["summary"]
-    assert summary["resumed_from"] == 100 and summary["steps"] == 140
+    assert summary["resumed_from"] == 100 and summary["steps"] == 130
