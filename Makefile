@@ -12,7 +12,7 @@ VIEWER_JS := ds4d_cli/viewer/web/vendor/ds4d-lib.js
 CHROMIUM ?= /usr/bin/chromium
 export DS4D_CHROMIUM ?= $(CHROMIUM)
 
-.PHONY: setup demo test test-fast bench weights clean viewer-js browser gpu-wheels gpu-check-data gpu-check gpu-check-dry
+.PHONY: setup demo test test-fast bench weights clean viewer-js browser cluster gpu-wheels gpu-check-data gpu-check gpu-check-dry
 
 setup: $(VENV)/.installed weights viewer-js  ## venv + exact pins + offline segmentation weights + the viewer's JS
 	$(PY) -m ds4d_cli.render.build || echo "note: CPU rasterizer extension not built; the pure-torch path will be used"
@@ -66,11 +66,17 @@ demo: setup  ## fit the bundled windmill clip on CPU; leaves PLYs and a turntabl
 	@echo "   exported: $(DEMO_WS)/export/ply/ (per-frame splats)  $(DEMO_WS)/export/mp4/turntable.mp4"
 	@echo "             $(DEMO_WS)/export/html/index.html (open from disk, no Python)  $(DEMO_WS)/export/glb/animated.glb (Blender, three.js)"
 
-test: setup browser  ## the whole suite, slow end-to-end and browser tests included
+test: setup browser cluster  ## the whole suite, slow end-to-end and browser tests included
 	$(PY) -m pytest -q tests
 
-test-fast: setup
+test-fast: setup cluster
 	$(PY) -m pytest -q -m "not slow" tests
+
+# The optional extra ds4d[cluster] (Ray, for `ds4d batch --ray`): the tests need it, the demo does not.
+cluster: $(VENV)/.cluster
+$(VENV)/.cluster: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e ".[test,cluster]"
+	touch $@
 
 bench: setup  ## speed/memory table (CPU rasterizer vs dense reference, fit it/s, demo wall time)
 	$(PY) bench/run_all.py

@@ -476,6 +476,64 @@ def run(
 
 
 @app.command()
+def batch(
+    ctx: typer.Context,
+    clips: list[str] = typer.Argument(..., help="Clips: videos, image folders, globs ('clips/*.mp4') or .txt files listing paths."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the clips' workspaces (one each, named after the clip) and batch.json."),
+    prior: Prior = _PRIOR,
+    views: Optional[str] = _VIEWS,
+    frames: int = _FRAMES,
+    size: int = _SIZE,
+    segmenter: Segmenter = _SEGMENTER,
+    background_plate: Optional[Path] = _PLATE,
+    steps: Optional[int] = _STEPS,
+    device: Device = _DEVICE,
+    resolution: Optional[int] = _RES,
+    no_dsfd: bool = _NO_DSFD,
+    no_tssf: bool = _NO_TSSF,
+    formats: str = typer.Option("ply,mp4", "--formats", help="Exports to write for each clip, comma-separated."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Clips at once (default: one per GPU; on CPU one per 2 cores). With --ray: tasks in flight."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="[ADDRESS]",
+        help="Run on a Ray cluster (HEAD:6379, ray://HEAD:10001, auto); alone: a local Ray instance. Needs ds4d[cluster]."),
+    force: bool = _FORCE,
+) -> None:
+    """Run every stage of `ds4d run` on many clips in parallel; a rerun resumes where it stopped.
+
+    Each clip gets a cached workspace under --out; a failing clip is recorded in --out/batch.json
+    with its error and does not stop the others (the exit code is 3 if any failed)."""
+    from ds4d_cli.batch.cluster import ray_address
+    from ds4d_cli.batch.runner import ClipsFailed, run_batch, stage_names
+    from ds4d_cli.batch.view import make_view, summary_table
+    from ds4d_cli.batch.worker import StagePlan
+
+    if prior is Prior.import_:
+        raise Ds4dError("--prior import takes one clip's views, not a batch's",
+                        hint="use --prior auto, zero123pp or none, or `ds4d run CLIP --prior import DIR` per clip")
+    formats_list = _split_list(formats) or []
+    bad = [f for f in formats_list if f not in {e.value for e in ExportFormat}]
+    if bad:
+        raise Ds4dError(f"unknown export format {bad[0]!r}", hint="use --formats with ply, mp4, grid, html, glb and/or obj")
+    plan = StagePlan.from_options(
+        _preprocess_options(Path(clips[0]), segmenter, background_plate.absolute() if background_plate else None,
+                            frames=frames, size=size),  # absolute: a Ray task runs in another folder
+        _generate_options(prior, None, views, device),
+        _fit_options(device, steps=steps, resolution=resolution, no_dsfd=no_dsfd, no_tssf=no_tssf),
+        [_export_options(ExportFormat(fmt)) for fmt in formats_list], force=force,
+    )
+    state = ctx.ensure_object(_State)
+    result = run_batch(clips, out, plan, workers=workers, ray=ray is not None,
+                       ray_address=ray_address(ray) if ray else None,
+                       make_view=lambda names: make_view(names, quiet=state.quiet))
+    done = len(result.results) - len(result.failed)
+    console.print(summary_table(result.results, stage_names(plan),
+                                f"ds4d batch: {done} done, {len(result.failed)} failed — {result.path}"))
+    if result.failed:
+        raise ClipsFailed(result.failed, result.path)
+
+
+@app.command()
 def status(ctx: typer.Context) -> None:
     """Show every stage of the workspace: done, stale (and why) or missing."""
     from ds4d_cli.tables import status_table
@@ -495,9 +553,17 @@ def doctor() -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: user errors are one red line and exit 2; bugs exit 1."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--ray" in args:  # `ds4d batch --ray` alone: a local Ray instance (typer has no optional values)
+        from ds4d_cli.batch.cluster import with_bare_ray_as_local
+
+        args = with_bare_ray_as_local(args)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="ds4d", standalone_mode=False)
+        code = app(args=args, prog_name="ds4d", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into Exit(130), which it returns instead of raising
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except cli_exceptions.ClickException as exc:  # usage errors: exit 2 with click's message

@@ -117,3 +117,40 @@ def test_run_passes_each_stage_its_own_defaults(tmp_path: Path, monkeypatch: pyt
     assert seen["generate"] == [GenerateOptions()]
     assert seen["fit"] == [FitOptions()]
     assert seen["export"] == [ExportOptions(format="ply"), ExportOptions(format="mp4")]
+
+
+#: `ds4d batch` parameters that `ds4d run` does not have (the batch's own), and run's that batch
+#: leaves out (with the reason).
+BATCH_ONLY = {"clips", "out", "workers", "ray"}
+RUN_ONLY = {"source", "prior_dir"}  # one clip; `--prior import DIR` holds one clip's views
+
+
+def test_batch_takes_runs_options_with_the_same_defaults() -> None:
+    run_params = {p.name: p for p in _command("run").params}
+    batch_params = {p.name: p for p in _command("batch").params}
+    assert set(batch_params) - BATCH_ONLY == set(run_params) - RUN_ONLY
+    for name in set(batch_params) - BATCH_ONLY:
+        assert _cli_default(batch_params[name]) == _cli_default(run_params[name]), f"batch --{name}"
+
+
+def test_batch_passes_each_stage_its_own_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`ds4d batch CLIP --out D` plans exactly the dataclass defaults for every stage of every clip."""
+    from ds4d_cli.batch import runner
+    from ds4d_cli.batch.worker import StagePlan
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not decoded here")
+    seen = {}
+
+    def fake_run_batch(clips, out, plan, **kwargs):
+        seen.update(clips=clips, out=out, plan=plan, **kwargs)
+        return runner.BatchReport(out, [])
+
+    monkeypatch.setattr(runner, "run_batch", fake_run_batch)
+    with pytest.raises(SystemExit) as exc:
+        main(["batch", str(clip), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 0, capsys.readouterr().err
+    assert seen["plan"] == StagePlan.from_options(PreprocessOptions(source=str(clip)), GenerateOptions(), FitOptions(),
+                                                  [ExportOptions(format="ply"), ExportOptions(format="mp4")])
+    assert seen["clips"] == [str(clip)] and seen["workers"] is None and seen["ray"] is False
