@@ -100,12 +100,10 @@ def test_cut_off_object_is_reported_with_frames_edge_and_a_window() -> None:
 
 
 @pytest.mark.slow
-def test_cockatoo_is_cut_off_and_filmed_by_a_moving_camera(
-    tmp_path: Path, examples_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cockatoo_is_cut_off_and_filmed_by_a_moving_camera(tmp_path: Path, examples_dir: Path, reported) -> None:
     ws = tmp_path / "ws"
     run(ws, PreprocessOptions(source=str(examples_dir / "cockatoo" / "input.mp4"), frames=6, size=64))
-    err = capsys.readouterr().err
+    err = "\n".join(reported.warnings())
     meta = json.loads((ws / "preprocess" / "meta.json").read_text())
     assert meta["camera_moving"] and "the camera moves" in err
     codes = {f["code"] for f in meta["findings"]}
@@ -113,7 +111,7 @@ def test_cockatoo_is_cut_off_and_filmed_by_a_moving_camera(
     # static-bg cannot work there: it says so and falls back to the hybrid segmenter
     run(ws, PreprocessOptions(source=str(examples_dir / "cockatoo" / "input.mp4"), frames=6, size=64,
                               segmenter="static-bg"))
-    err = capsys.readouterr().err
+    err = "\n".join(reported.warnings())
     assert "static-bg needs a fixed camera" in err and "falling back to --segmenter hybrid" in err
     assert json.loads((ws / "preprocess" / "meta.json").read_text())["segmenter"] == "hybrid"
 
@@ -132,9 +130,7 @@ def _slow_walker(path: Path) -> Path:
     return video.write_mp4(path, frames, fps=10)
 
 
-def test_median_absorbing_the_object_stops_with_the_fix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_median_absorbing_the_object_stops_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reported) -> None:
     clip = _slow_walker(tmp_path / "walker.mp4")
     from ds4d_cli.stages import preprocess as stage
 
@@ -147,4 +143,4 @@ def test_median_absorbing_the_object_stops_with_the_fix(
     assert not (tmp_path / "ws" / "preprocess" / "manifest.json").exists()
     opts.force_masks = True
     run(tmp_path / "ws", opts)
-    assert "kept: --force-masks" in capsys.readouterr().err
+    assert any("kept: --force-masks" in w for w in reported.warnings())
