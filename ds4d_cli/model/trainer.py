@@ -110,13 +110,6 @@ class TrainConfig:
     # view's clip) weigh 1 + dynamic_weight in the RGB/mask losses, so the few moving pixels are
     # not swamped by the static ones (and densification, driven by those gradients, follows).
     dynamic_weight: float = 0.0
-    # Motion: "gaussians" = an offset per Gaussian from the network (4DGS-style); "nodes" = the
-    # network moves K motion nodes rigidly and the Gaussians follow by blend skinning (nodes.py).
-    motion: str = "gaussians"
-    num_nodes: int = 256
-    node_neighbours: int = 4
-    node_dynamic_boost: float = 3.0  # DSFD: dynamic regions get up to 1+boost times denser nodes
-    rigid_weight: float = 0.0  # as-rigid-as-possible between neighbouring nodes
     net_lr_final: float = 0.1  # deformation learning rates decay exponentially to this fraction
     # Temporal curriculum. Large motions (a blade turning 15 deg per frame) cannot be found by
     # the photometric gradient from the canonical (middle) frame: measured on the windmill, the
@@ -171,7 +164,7 @@ def _psnr(a: Tensor, b: Tensor) -> float:
 
 
 class Trainer:
-    _CACHES = ("_feat_cache", "_ref_step", "_vis", "_node_vis", "_vis_step", "_dyn", "_dyn_step", "_nodes")
+    _CACHES = ("_feat_cache", "_ref_step", "_vis", "_vis_step", "_dyn", "_dyn_step")
 
     def __init__(self, data: FitData, cfg: TrainConfig, device: str | torch.device = "cpu",
                  backbone: Optional[nn.Module] = None) -> None:
@@ -253,11 +246,7 @@ class Trainer:
         self._feat_cache: Optional[Tensor] = None  # [T, V, C, h, w] feature bank (detached)
         self._dyn: Optional[Tensor] = None  # DSFD dynamic map [V, H, W, 1]
         self._dyn_step = -1
-        self._nodes: Optional[Tensor] = None  # motion nodes [K, 3] (motion="nodes")
-        self._node_vis: Optional[Tensor] = None
-        self._binding = None
-        self._node_nb: Optional[Tensor] = None
-        self._node_motion = None
+
         self._ref_step = -1
         self._vis: Optional[Tensor] = None
         self._vis_step = -1
@@ -335,52 +324,17 @@ class Trainer:
 
     @torch.no_grad()
     def _visibility(self) -> Tensor:
-        """[V, N] visibility of the canonical Gaussians (and of the motion nodes, kept beside it)."""
+        """[V, N] visibility of the canonical Gaussians in every view (refreshed every visibility_every steps)."""
         n = self.gaussians.num_gaussians
         if self._vis is not None and self._vis.shape[1] == n and self.step_count - self._vis_step < self.cfg.visibility_every:
             return self._vis
         g = self.gaussians
         out = render(g.means, g.quats, g.scales, g.opacities, self._colors(), self.data.viewmats, self.data.Ks,
                      self.W, self.H, backend=self.cfg.backend, sh_degree=self._sh_arg())
-
-        def vis_of(points: Tensor) -> Tensor:
-            uv, z = project(points, self.data.viewmats, self.data.Ks)
-            return visibility(z, to_grid(uv, self.W, self.H), out.alpha, out.depth)
-
-        self._vis = vis_of(g.means)
-        self._node_vis = vis_of(self._nodes) if self._nodes is not None else None
+        uv, z = project(g.means, self.data.viewmats, self.data.Ks)
+        self._vis = visibility(z, to_grid(uv, self.W, self.H), out.alpha, out.depth)
         self._vis_step = self.step_count
         return self._vis
-
-    # ------------------------------------------------------------------ motion nodes
-    @torch.no_grad()
-    def _dynamic_per_gaussian(self) -> Tensor:
-        """[N] how dynamic each canonical Gaussian's neighbourhood is: max over views of its
-        visibility times DSFD's dynamic map at its projection."""
-        m = self.dynamic_map()  # [V, H, W, 1]
-        uv, _ = project(self.gaussians.means, self.data.viewmats, self.data.Ks)
-        grid = to_grid(uv, self.W, self.H)
-        d = F.grid_sample(m.permute(0, 3, 1, 2), grid.unsqueeze(1), align_corners=False)[:, 0, 0]  # [V, N]
-        return (d * self._visibility()).amax(0)
-
-    def _ensure_nodes(self) -> Tensor:
-        """The motion nodes [K, 3] (chosen on first use from the canonical Gaussians) and their binding."""
-        from .nodes import bind, farthest_points, node_neighbours
-
-        if self._nodes is None:
-            weights = None
-            if self.cfg.use_dsfd and self.cfg.node_dynamic_boost > 0:
-                weights = 1.0 + self.cfg.node_dynamic_boost * self._dynamic_per_gaussian()
-            means = self.gaussians.means.detach()
-            idx = farthest_points(means.cpu(), self.cfg.num_nodes, None if weights is None else weights.cpu(),
-                                  seed=self.cfg.seed)
-            self._nodes = means[idx.to(means.device)].clone()
-            self._binding = None
-            self._vis = None  # node visibility is refreshed with the Gaussians'
-        if self._binding is None or self._binding.index.shape[0] != self.gaussians.num_gaussians:
-            self._binding = bind(self.gaussians.means.detach(), self._nodes, self.cfg.node_neighbours)
-            self._node_nb = node_neighbours(self._nodes)
-        return self._nodes
 
     def _colors(self) -> Tensor:
         if self.cfg.sh_degree > 0:
@@ -390,16 +344,13 @@ class Trainer:
     def _sh_arg(self) -> Optional[int]:
         return self.cfg.sh_degree if self.cfg.sh_degree > 0 else None
 
-    def fused_features(self, frames: list[int], nodes: bool = False) -> Tensor:
-        """Fused frame feature [B, N, D] of each canonical Gaussian (or [B, K, D] of each motion
-        node) for ``frames``: sampled by projection in every view, DSFD, then TSSF."""
-        points = self._nodes if nodes else self.gaussians.means.detach()
-        uv, _ = project(points, self.data.viewmats, self.data.Ks)
+    def fused_features(self, frames: list[int]) -> Tensor:
+        """Fused frame feature [B, N, D] of each canonical Gaussian for ``frames``: sampled by
+        projection in every view, DSFD, then TSSF."""
+        uv, _ = project(self.gaussians.means.detach(), self.data.viewmats, self.data.Ks)
         grid = to_grid(uv, self.W, self.H)
         maps = self._frame_features(frames)  # [B, V, C, h, w] (updates the bank first)
         vis = self._visibility()
-        if nodes:
-            vis = self._node_vis
         self.timer.lap("features: encode + visibility")
         f = sample_maps(maps, grid)  # [B, V, N, C]
         if self.cfg.use_dsfd:
@@ -413,29 +364,10 @@ class Trainer:
     def deformed(self, frames: list[int]):
         """Deformed Gaussians for ``frames``: (means, quats, log-scales), each [B, N, .], + offsets."""
         g = self.gaussians.params
-        if self.cfg.motion == "nodes":
-            return self._deformed_by_nodes(frames)
         feat = self.fused_features(frames)
         d = self.deform(g["means"], g["quats"], g["scales"], self._time_u[frames], feat)
         self.timer.lap("deformation net")
         return d
-
-    def _deformed_by_nodes(self, frames: list[int]):
-        from .deformation import Deformed
-        from .nodes import skin
-
-        g = self.gaussians.params
-        nodes = self._ensure_nodes()
-        self._visibility()  # also refreshes the nodes' visibility
-        feat = self.fused_features(frames, nodes=True)
-        dm, dr, _ = self.deform.offsets(nodes, self._time_u[frames], feat)
-        identity = torch.tensor([1.0, 0.0, 0.0, 0.0], device=dm.device)
-        node_quats = F.normalize(identity + dr, dim=-1)
-        means, quats = skin(g["means"], g["quats"], nodes, node_quats, dm, self._binding)
-        self._node_motion = (node_quats, dm)
-        scales = g["scales"].unsqueeze(0).expand(len(frames), -1, -1)
-        self.timer.lap("deformation net")
-        return Deformed(means, quats, scales, means - g["means"].unsqueeze(0))
 
     # ------------------------------------------------------------------ step
     @property
@@ -526,12 +458,6 @@ class Trainer:
             smooth = (d.d_means[0] - d.d_means[1]).pow(2).sum(-1).mean()
             losses["smooth"] = smooth
             loss = loss + cfg.smooth_weight * smooth
-        if cfg.rigid_weight > 0 and self._node_motion is not None and not self.in_static_stage:
-            from .nodes import rigidity
-
-            rig = rigidity(self._nodes, *self._node_motion, self._node_nb)
-            losses["rigid"] = rig
-            loss = loss + cfg.rigid_weight * rig
         if cfg.plane_smooth_weight > 0:
             ps = self.deform.hexplane.smoothness()
             losses["plane"] = ps
@@ -561,10 +487,6 @@ class Trainer:
             self.prune_outside_input()
         if self.gaussians.num_gaussians != n_before:
             self._vis = None
-        if self.gaussians.num_gaussians != n_before or self.step_count % max(1, cfg.densify_every) == 0:
-            self._binding = None  # densified, pruned, or the canonical means drifted: re-bind
-        if self.step_count == int(cfg.static_fraction * cfg.steps) and cfg.static_fraction > 0:
-            self._nodes = None  # the canonical shape is fitted: place the motion nodes on it
         timer.lap("prune")
 
         with torch.no_grad():
@@ -611,7 +533,6 @@ class Trainer:
             return 0
         remove(self.gaussians.params, self.optimizers, self.strategy_state, mask)
         self._vis = None
-        self._binding = None
         self.pruned_outside += n
         return n
 
