@@ -12,7 +12,7 @@ VIEWER_JS := ds4d_cli/viewer/web/vendor/ds4d-lib.js
 CHROMIUM ?= /usr/bin/chromium
 export DS4D_CHROMIUM ?= $(CHROMIUM)
 
-.PHONY: setup demo test test-fast bench weights clean viewer-js browser cluster gpu-wheels gpu-check-data gpu-check gpu-check-dry
+.PHONY: setup demo test test-fast bench eval weights clean viewer-js browser cluster gpu-wheels gpu-check-data gpu-check gpu-check-dry
 
 setup: $(VENV)/.installed weights viewer-js  ## venv + exact pins + offline segmentation weights + the viewer's JS
 	$(PY) -m ds4d_cli.render.build || echo "note: CPU rasterizer extension not built; the pure-torch path will be used"
@@ -78,8 +78,11 @@ $(VENV)/.cluster: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test,cluster]"
 	touch $@
 
-bench: setup  ## speed/memory table (CPU rasterizer vs dense reference, fit it/s, demo wall time)
+bench: setup  ## speed/memory tables (rasterizer, fit step, demo, viewer, preprocessing) -> bench/results.md
 	$(PY) bench/run_all.py
+
+eval: setup  ## quality table: every shared example fitted at the defaults, with and without DSFD/TSSF -> bench/quality_results.md
+	$(PY) bench/quality.py
 
 # --- GPU check (bench/gpu_check.py; README "Checking the CUDA paths") --------------------------
 GPU_WHEELS_DIR ?= .whl

@@ -184,6 +184,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--fit-args", default="", help="extra flags for every fit, e.g. '--steps 300'")
     ap.add_argument("--work", default=str(REPO / "bench_quality"), help="workspaces and logs (kept for inspection)")
     ap.add_argument("--json", default=None, help="write every figure here (default WORK/quality.json)")
+    ap.add_argument("--results", default=str(REPO / "bench" / "quality_results.md"),
+                    help="the markdown table, with date, machine and commit (README quotes it); '' = none")
     args = ap.parse_args(argv)
 
     work = Path(args.work).absolute()
@@ -207,7 +209,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                     f"{k} {_fmt(r.get(k))}" for k, _, _ in COLUMNS), flush=True)
                 results.append(r)
                 (Path(args.json) if args.json else work / "quality.json").write_text(json.dumps(results, indent=1))
-    print(table(results))
+    text = table(results)
+    print(text)
+    if args.results:
+        sys.path.insert(0, str(REPO / "bench"))
+        from provenance import header
+
+        cmd = "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        Path(args.results).write_text(header(f"make eval (`{cmd.strip()}`)") + text + "\n")
     return 0
 
 

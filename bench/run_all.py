@@ -5,7 +5,12 @@
 3. end-to-end wall time and peak memory of the bundled demo, and of its all-cached rerun;
 4. the viewer page: MB per frame, load time, frame rate and fidelity in Chromium (bench_viewer.py).
 5. preprocessing: seconds per frame, peak RSS and mask IoU per example and segmenter, and the
-   4K / 960x540 timing targets (bench_preprocess.py).
+   4K / 960x540 timing targets (bench_preprocess.py);
+6. the default fit step split into its parts, against its own batched renders (bench_step.py).
+
+Everything printed is also written to ``bench/results.md`` (with the date, the machine and the
+commit), which the README quotes: every figure a reader sees has this one recorded run behind it.
+The quality table is ``make eval`` (bench/quality.py -> bench/quality_results.md).
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_demo  # noqa: E402
 import bench_preprocess  # noqa: E402
 import bench_render  # noqa: E402
+import bench_step  # noqa: E402
 import bench_viewer  # noqa: E402
+from provenance import header  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
 def main() -> int:
-    console = Console(width=None if sys.stdout.isatty() else 160)  # logs keep whole table rows
+    console = Console(width=None if sys.stdout.isatty() else 160, record=True)  # logs keep whole table rows
     quick = "--quick" in sys.argv
     rows = bench_render.run(quick=quick, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     console.print(bench_render.render_table(rows))
@@ -59,12 +68,20 @@ def main() -> int:
     for t in bench_preprocess.render_tables(pre):
         console.print(t)
     targets += bench_preprocess.check_targets(pre)
+
+    console.print("[dim]fit step: the default step's parts (windmill, 24 frames x 7 views)[/dim]")
+    step = bench_step.measure()
+    console.print(bench_step.table(step))
+    targets.append(("fit step <= 1.5x its own renders", step["ratio"] <= 1.5, f"{step['ratio']:.2f}x"))
+
     summary = Table(title="targets")
     for col in ("target", "met", "measured"):
         summary.add_column(col)
     for name, ok, value in targets:
         summary.add_row(name, "[green]yes[/green]" if ok else "[red]no[/red]", value)
     console.print(summary)
+    RESULTS.write_text(header("make bench") + "```\n" + console.export_text() + "```\n")
+    console.print(f"[dim]written to {RESULTS}[/dim]")
     return 0
 
 
