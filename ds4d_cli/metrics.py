@@ -12,6 +12,7 @@ time measures what the dynamic part of the method is for.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from pytorch_msssim import ssim as _ms_ssim
@@ -84,3 +85,28 @@ def masked_mse(pred: Tensor, gt: Tensor, mask: Tensor) -> tuple[float, int]:
     sq = ((pred - gt) ** 2).sum(dim=-1)  # [N,H,W], summed over channels
     count = int(mask.sum()) * pred.shape[-1]
     return float(sq[mask].sum()), count
+
+
+def gradient_energy(images: Tensor, mask: Tensor) -> tuple[float, int]:
+    """Summed squared image gradient (finite differences of luminance) over masked pixels, and
+    their count -- pooled like :func:`masked_mse` so a ratio can be taken over frames and views."""
+    x = _batched(images)
+    lum = x @ torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype)  # [N, H, W]
+    gx = torch.zeros_like(lum)
+    gy = torch.zeros_like(lum)
+    gx[:, :, :-1] = lum[:, :, 1:] - lum[:, :, :-1]
+    gy[:, :-1, :] = lum[:, 1:, :] - lum[:, :-1, :]
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    if mask.dim() == 2:
+        mask = mask.expand(x.shape[0], *mask.shape)
+    g2 = gx * gx + gy * gy
+    return float(g2[mask].sum()), int(mask.sum())
+
+
+def sharpness_ratio(pred_energy: float, gt_energy: float) -> Optional[float]:
+    """sqrt(gradient energy of the render / that of the ground truth) on the same pixels: 1 = as
+    sharp as the truth, below 1 = blurred or smeared, above 1 = noisier (e.g. shredded splats).
+    LPIPS-free evidence of sharpness; None where the truth has no gradient there."""
+    if gt_energy <= 0:
+        return None
+    return math.sqrt(pred_energy / gt_energy)

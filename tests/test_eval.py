@@ -89,6 +89,29 @@ def test_psnr_ssim_masked_against_direct_formulas() -> None:
     assert count == 3 * 4 * 3 and sq == pytest.approx(4 * 3)
 
 
+def test_sharpness_ratio_sees_blur_and_noise() -> None:
+    g = torch.Generator().manual_seed(1)
+    gt = torch.full((2, 32, 32, 3), 0.3)
+    gt[:, 8:24:2, 8:24] = 0.7  # thin stripes: a fine, moving-part-like pattern
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[6:26, 6:26] = True
+    e_gt, n = metrics.gradient_energy(gt, mask)
+    assert n == 2 * 20 * 20 and e_gt > 0
+    # Energy by hand: vertical differences of luminance (stripes are horizontal lines).
+    lum = gt[..., 0] * 0.299 + gt[..., 1] * 0.587 + gt[..., 2] * 0.114
+    gy = torch.zeros_like(lum)
+    gy[:, :-1] = lum[:, 1:] - lum[:, :-1]
+    gx = torch.zeros_like(lum)
+    gx[:, :, :-1] = lum[:, :, 1:] - lum[:, :, :-1]
+    assert e_gt == pytest.approx(float((gx ** 2 + gy ** 2)[:, mask].sum()), rel=1e-5)
+    assert metrics.sharpness_ratio(e_gt, e_gt) == pytest.approx(1.0)
+    blurred = torch.nn.functional.avg_pool2d(gt.permute(0, 3, 1, 2), 3, 1, 1).permute(0, 2, 3, 1)
+    assert metrics.sharpness_ratio(metrics.gradient_energy(blurred, mask)[0], e_gt) < 0.6
+    noisy = (gt + 0.2 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
+    assert metrics.sharpness_ratio(metrics.gradient_energy(noisy, mask)[0], e_gt) > 1.1
+    assert metrics.sharpness_ratio(1.0, 0.0) is None  # a flat truth has nothing to compare
+
+
 def test_frames_matched_by_normalised_time() -> None:
     assert ev.match_frames([0.0, 0.25, 0.5, 0.75], [i / 8 for i in range(8)]) == [(0, 0), (1, 2), (2, 4), (3, 6)]
 
@@ -122,10 +145,13 @@ def test_eval_matches_direct_computation_and_masked_psnr_sees_motion(tmp_path: P
     assert 0 < row["moving_fraction"] < 0.2
     # A model that never moves loses far more on moving pixels than on the whole image.
     assert row["masked_psnr"] < row["psnr"] - 10
+    # Sharpness is about blur, not place: a still but crisp model keeps about the truth's gradient.
+    assert row["moving_sharpness"] == pytest.approx(1.0, abs=0.2)
     # The true model scores near the PNG quantisation limit everywhere.
     exact = ev.run(ws, ev.EvalOptions(gt=str(gt_dir), views=["input", "az090"]), model=truth)
     assert exact["overall"]["psnr"] > 40 and exact["overall"]["masked_psnr"] > 35
     assert exact["overall"]["ssim"] > 0.99
+    assert exact["overall"]["moving_sharpness"] == pytest.approx(1.0, abs=0.05)
     assert json.loads(json.dumps(exact)) == exact  # the --json form round-trips
 
 

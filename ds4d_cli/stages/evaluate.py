@@ -13,6 +13,10 @@ Figures per view: PSNR and SSIM (mean over frames), and masked PSNR: the squared
 over the view's *moving* pixels (ground truth changes over the clip) of all frames. Overall and
 per role (``train`` = views the fit saw, ``held-out`` = the others): PSNR/SSIM are means over
 views, masked PSNR pools the error over all their moving pixels.
+
+Moving sharpness: sqrt(gradient energy of the render / that of the ground truth) over the same
+moving pixels, pooled the same way. PSNR rewards a blurred average of a fast part; this ratio
+shows it: 1 = as sharp as the truth, well below 1 = smeared, above 1 = noisier than the truth.
 """
 
 from __future__ import annotations
@@ -176,6 +180,8 @@ def evaluate_model(model: Any, gt_views: list[GtView], gt_times: list[float],
         all_gt = torch.stack([_load_rgb(f, background, (v.width, v.height)) for f in v.files])
         mask = metrics.moving_mask(all_gt)
         sq, count = metrics.masked_mse(pred, gt, mask)
+        ge_pred, _ = metrics.gradient_energy(pred, mask)
+        ge_gt, _ = metrics.gradient_energy(gt, mask)
         role = "unknown" if train is None else ("train" if v.name in train else "held-out")
         rows.append({
             "view": v.name,
@@ -184,8 +190,9 @@ def evaluate_model(model: Any, gt_views: list[GtView], gt_times: list[float],
             "psnr": float(metrics.psnr(pred, gt).mean()),
             "ssim": float(metrics.ssim(pred, gt).mean()),
             "masked_psnr": metrics.psnr_from_mse(sq / count) if count else None,
+            "moving_sharpness": metrics.sharpness_ratio(ge_pred, ge_gt) if count else None,
             "moving_fraction": float(mask.float().mean()),
-            "_sq": sq, "_count": count,
+            "_sq": sq, "_count": count, "_ge_pred": ge_pred, "_ge_gt": ge_gt,
         })
     result = {
         "views": [{k: val for k, val in r.items() if not k.startswith("_")} for r in rows],
@@ -207,6 +214,8 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "psnr": float(np.mean([r["psnr"] for r in rows])),
         "ssim": float(np.mean([r["ssim"] for r in rows])),
         "masked_psnr": metrics.psnr_from_mse(sq / count) if count else None,
+        "moving_sharpness": metrics.sharpness_ratio(sum(r["_ge_pred"] for r in rows),
+                                                    sum(r["_ge_gt"] for r in rows)) if count else None,
     }
 
 
