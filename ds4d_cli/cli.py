@@ -192,6 +192,7 @@ def _generate_options(
     seed: int,
     device: Device,
     anchor: bool,
+    input_camera: Optional[Path] = None,
 ) -> Any:
     from ds4d_cli.stages.generate import GenerateOptions
 
@@ -210,6 +211,7 @@ def _generate_options(
         seed=seed,
         device=device.value,
         anchor=anchor,
+        input_camera=str(input_camera.absolute()) if input_camera else None,
     )
 
 
@@ -239,13 +241,17 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Noise seed, shared by all frames so views do not flicker."),
     device: Device = _DEVICE,
     anchor: bool = typer.Option(True, "--anchor/--no-anchor", help="zero123pp: condition every frame on frame 0's views."),
+    input_camera: Optional[Path] = typer.Option(
+        None, "--input-camera", help="none: place the input camera from DIR/cameras.json (mapped through the crop, "
+        "as --prior import DIR does) so that `ds4d eval --gt DIR` can score a single-view fit."),
     force: bool = _FORCE,
 ) -> None:
     """Make V views of every frame at known cameras: the multi-view prior that `fit` learns from."""
     ws = _open_ws(ctx)  # first: a missing workspace is reported before heavy imports
     from ds4d_cli.stages import generate as stage
 
-    opts = _generate_options(prior, prior_dir, model, variant, views, steps, guidance, seed, device, anchor)
+    opts = _generate_options(prior, prior_dir, model, variant, views, steps, guidance, seed, device, anchor,
+                             input_camera)
     _report(stage.run(ws, opts, force=force))
 
 
