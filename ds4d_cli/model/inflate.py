@@ -23,7 +23,9 @@ the frame it belongs to: :meth:`InflatedVolume.excess` is how far points lie out
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -32,26 +34,19 @@ from torch import Tensor
 from .sampling import project, to_grid
 
 
-@torch.no_grad()
 def distance_transform(mask: Tensor, border_outside: bool = True) -> Tensor:
     """Euclidean distance (pixels) of every pixel of ``mask`` [H, W] (bool) to the nearest pixel
     outside it (the ring beyond the image border counting as outside when ``border_outside``);
-    0 outside the mask."""
-    h, w = mask.shape
-    out = torch.zeros(h, w, dtype=torch.float32)
-    if not bool(mask.any()) or bool(mask.all()):
-        return out
-    padded = F.pad(mask.float()[None, None], (1, 1, 1, 1), value=0.0 if border_outside else 1.0)[0, 0] > 0.5
-    # background pixels that touch the mask (4-neighbourhood), in padded coordinates
-    near = F.max_pool2d(padded.float()[None, None], 3, stride=1, padding=1)[0, 0] > 0.5
-    border = torch.nonzero(near & ~padded).float() - 1.0  # back to image coordinates [M, 2] (row, col)
-    inside = torch.nonzero(mask).float()  # [P, 2]
-    best = torch.full((inside.shape[0],), float("inf"))
-    for i in range(0, border.shape[0], 2048):
-        d = torch.cdist(inside, border[i:i + 2048])
-        best = torch.minimum(best, d.min(1).values)
-    out[mask] = best
-    return out
+    0 outside the mask. scipy's exact EDT."""
+    from scipy.ndimage import distance_transform_edt
+
+    m = mask.detach().cpu().numpy().astype(bool)
+    if not m.any() or m.all():
+        return torch.zeros(mask.shape, dtype=torch.float32)
+    if border_outside:
+        m = np.pad(m, 1, constant_values=False)
+        return torch.from_numpy(distance_transform_edt(m)[1:-1, 1:-1]).float()
+    return torch.from_numpy(distance_transform_edt(m)).float()
 
 
 @torch.no_grad()
@@ -85,6 +80,7 @@ class InflatedVolume:
     viewmat: Tensor  # [4, 4] input camera, world-to-camera
     K: Tensor  # [3, 3] at H x W
     plane_depth: float  # camera depth of the medial plane
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # (frame, bound, res) -> voxel indices
 
     @classmethod
     @torch.no_grad()
@@ -127,13 +123,21 @@ class InflatedVolume:
         return side + F.relu((z - self.plane_depth).abs() - half)
 
     @torch.no_grad()
-    def occupancy(self, frame: int, bound: float = 1.0, res: int = 64) -> Tensor:
-        """[res, res, res] bool: voxel centres of the cube [-bound, bound]^3 inside the frame's volume."""
+    def occupancy(self, frame: int, bound: float = 1.0, res: int = 64, tolerance: bool = True) -> Tensor:
+        """[res, res, res] bool: voxel centres of the cube [-bound, bound]^3 inside the frame's volume.
+
+        With ``tolerance`` a voxel counts when the volume passes within half a voxel of its centre
+        in depth, so parts thinner than a voxel (a blade, a pole) are not lost. (Not sideways:
+        measured on the windmill, that widened every silhouette by a pixel and cost 0.01 IoU.)
+        """
         lin = (torch.arange(res, dtype=torch.float32, device=self.half_thickness.device) + 0.5) / res * 2 * bound - bound
         pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).view(1, -1, 3)
         half, z = self._sample(self.half_thickness[frame:frame + 1], pts)
         side, _ = self._sample(self.outside[frame:frame + 1], pts)
-        inside = (side <= 0) & (half > 0) & ((z - self.plane_depth).abs() <= half)
+        tol = bound / res if tolerance else 0.0
+        inside = (side <= 0) & ((z - self.plane_depth).abs() <= half.clamp_min(tol))
+        if not tolerance:
+            inside &= half > 0
         return inside.view(res, res, res)
 
     @torch.no_grad()
@@ -141,20 +145,22 @@ class InflatedVolume:
                     bound: float = 1.0, res: int = 64) -> Tensor:
         """[C, H, W] float {0, 1}: the frame's volume seen from C cameras (voxel centres splatted,
         then closed by one pixel so that sparse voxels still give a solid silhouette)."""
-        occ = self.occupancy(frame, bound, res)
+        key = (frame, bound, res)
+        if key not in self._cache:
+            self._cache[key] = torch.nonzero(self.occupancy(frame, bound, res)).float()
+        idx = self._cache[key]
         voxel = 2 * bound / res
-        idx = torch.nonzero(occ).float()
-        out = torch.zeros(viewmats.shape[0], height, width, device=occ.device)
+        out = torch.zeros(viewmats.shape[0], height, width, device=idx.device)
         if idx.shape[0] == 0:
             return out
         # eight points per voxel (its corners pulled half-way in): no gaps between voxels
         offsets = torch.tensor([[i, j, k] for i in (0.25, 0.75) for j in (0.25, 0.75) for k in (0.25, 0.75)],
-                               device=occ.device)
+                               device=idx.device)
         pts = ((idx[:, None, :] + offsets[None]) * voxel - bound).reshape(-1, 3)
         uv, z = project(pts, viewmats.float(), Ks.float())
         u, v = uv[..., 0].floor().long(), uv[..., 1].floor().long()
         ok = (z > 1e-3) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-        cam = torch.arange(viewmats.shape[0], device=occ.device)[:, None].expand_as(u)
+        cam = torch.arange(viewmats.shape[0], device=idx.device)[:, None].expand_as(u)
         out.view(-1).index_fill_(0, (cam * height * width + v * width + u)[ok], 1.0)
         closed = F.max_pool2d(out[:, None], 3, stride=1, padding=1)
         closed = -F.max_pool2d(-closed, 3, stride=1, padding=1)
