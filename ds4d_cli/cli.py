@@ -329,6 +329,10 @@ def fit(
     preview_every: int = typer.Option(250, "--preview-every", help="Write preview images every N steps."),
     log_every: int = typer.Option(10, "--log-every", help="Append to fit/log.jsonl every N steps."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help="Rasterizer: auto, cpu, cuda or dense (slow reference)."),
+    single_view_prior: bool = typer.Option(
+        True, "--single-view-prior/--no-single-view-prior",
+        help="With no generated views (--prior none): start from the inflated silhouette and keep the fit to it "
+        "from unseen cameras. --no-single-view-prior: the extruded silhouette, input view only."),
     force: bool = _FORCE,
 ) -> None:
     """Fit dynamic 3D Gaussians (DSFD + TSSF deformation); resumes from its last checkpoint."""
@@ -341,7 +345,7 @@ def fit(
         input_weight=input_weight, view_weight=view_weight, ssim_weight=ssim_weight, mask_weight=mask_weight,
         smooth_weight=smooth_weight, densify=densify, densify_every=densify_every,
         opacity_reset_every=opacity_reset_every, preview_every=preview_every, log_every=log_every,
-        backend=backend.value,
+        backend=backend.value, single_view_prior=single_view_prior,
     )
     _report(stage.run(ws, opts, force=force or restart))
 
@@ -416,6 +420,8 @@ def run(
     size: int = typer.Option(256, "--size", help="Side of the preprocessed frames."),
     segmenter: Segmenter = typer.Option(Segmenter.u2netp, "--segmenter", help="Segmentation model."),
     background_plate: Optional[Path] = typer.Option(None, "--background-plate", help="static-bg: empty-scene image."),
+    start: Optional[float] = typer.Option(None, "--start", help="Start time in seconds (a usable window of a long clip)."),
+    end: Optional[float] = typer.Option(None, "--end", help="End time in seconds."),
     steps: Optional[int] = _STEPS,
     device: Device = _DEVICE,
     resolution: Optional[int] = _RES,
@@ -435,7 +441,7 @@ def run(
     bad = [f for f in formats_list if f not in {e.value for e in ExportFormat}]
     if bad:
         raise Ds4dError(f"unknown export format {bad[0]!r}", hint="use --formats with ply, mp4 and/or grid")
-    pre = _preprocess_options(source, frames, size, None, None, segmenter, background_plate, 0.1)
+    pre = _preprocess_options(source, frames, size, start, end, segmenter, background_plate, 0.1)
     _report(preprocess_stage.run(_ws_path(ctx), pre, force=force))
     ws = Workspace.open(_ws_path(ctx))
     gen = _generate_options(prior, prior_dir, None, "v1.1", views, None, None, 0, device, True)

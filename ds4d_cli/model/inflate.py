@@ -50,6 +50,32 @@ def distance_transform(mask: Tensor, border_outside: bool = True) -> Tensor:
 
 
 @torch.no_grad()
+def interior_colours(frames: Tensor, erode: int = 2, threshold: float = 0.99) -> Tensor:
+    """``frames`` [T, H, W, 4] with every pixel's colour replaced by the nearest *interior* pixel's
+    (alpha above ``threshold`` and ``erode`` px inside the silhouette); alpha unchanged.
+
+    The rim of a silhouette mixes the object with the background (anti-aliasing, imperfect
+    matting), and the rim is exactly what a side of the object is coloured from: the front pixel
+    on a side point's ray is a rim pixel. Taking the nearest interior colour instead keeps the
+    background's tint off the unseen sides.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    out = frames.clone()
+    for t in range(frames.shape[0]):
+        solid = frames[t, ..., 3].cpu().numpy() > threshold
+        core = distance_transform_edt(solid) > erode if erode > 0 else solid
+        if not core.any():
+            core = solid
+        if not core.any():
+            continue
+        _, (iy, ix) = distance_transform_edt(~core, return_indices=True)
+        iy, ix = torch.from_numpy(iy).to(frames.device), torch.from_numpy(ix).to(frames.device)
+        out[t, ..., :3] = frames[t, iy, ix, :3]
+    return out
+
+
+@torch.no_grad()
 def inflate(mask: Tensor, chunk: int = 1024) -> Tensor:
     """Half-thickness h [H, W] (pixels) of the union of the silhouette's inscribed balls; 0 outside."""
     dist = distance_transform(mask)
@@ -80,7 +106,7 @@ class InflatedVolume:
     viewmat: Tensor  # [4, 4] input camera, world-to-camera
     K: Tensor  # [3, 3] at H x W
     plane_depth: float  # camera depth of the medial plane
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # (frame, bound, res) -> voxel indices
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # (frame, bound, res) -> occupancy
 
     @classmethod
     @torch.no_grad()
@@ -143,25 +169,33 @@ class InflatedVolume:
     @torch.no_grad()
     def silhouettes(self, frame: int, viewmats: Tensor, Ks: Tensor, width: int, height: int,
                     bound: float = 1.0, res: int = 64) -> Tensor:
-        """[C, H, W] float {0, 1}: the frame's volume seen from C cameras (voxel centres splatted,
-        then closed by one pixel so that sparse voxels still give a solid silhouette)."""
+        """[C, H, W] float {0, 1}: the frame's volume seen from C cameras (:func:`voxel_silhouettes`)."""
         key = (frame, bound, res)
         if key not in self._cache:
-            self._cache[key] = torch.nonzero(self.occupancy(frame, bound, res)).float()
-        idx = self._cache[key]
-        voxel = 2 * bound / res
-        out = torch.zeros(viewmats.shape[0], height, width, device=idx.device)
-        if idx.shape[0] == 0:
-            return out
-        # eight points per voxel (its corners pulled half-way in): no gaps between voxels
-        offsets = torch.tensor([[i, j, k] for i in (0.25, 0.75) for j in (0.25, 0.75) for k in (0.25, 0.75)],
-                               device=idx.device)
-        pts = ((idx[:, None, :] + offsets[None]) * voxel - bound).reshape(-1, 3)
-        uv, z = project(pts, viewmats.float(), Ks.float())
-        u, v = uv[..., 0].floor().long(), uv[..., 1].floor().long()
-        ok = (z > 1e-3) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-        cam = torch.arange(viewmats.shape[0], device=idx.device)[:, None].expand_as(u)
-        out.view(-1).index_fill_(0, (cam * height * width + v * width + u)[ok], 1.0)
-        closed = F.max_pool2d(out[:, None], 3, stride=1, padding=1)
-        closed = -F.max_pool2d(-closed, 3, stride=1, padding=1)
-        return torch.maximum(closed[:, 0], out)
+            self._cache[key] = self.occupancy(frame, bound, res)
+        return voxel_silhouettes(self._cache[key], viewmats, Ks, width, height, bound)
+
+
+@torch.no_grad()
+def voxel_silhouettes(occupancy: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int,
+                      bound: float = 1.0) -> Tensor:
+    """[C, H, W] float {0, 1}: an occupancy grid [res, res, res] over [-bound, bound]^3 seen from C
+    cameras -- eight points per occupied voxel splatted into the images, then closed by one pixel
+    so that sparse voxels still give a solid silhouette."""
+    res = occupancy.shape[0]
+    idx = torch.nonzero(occupancy).float()
+    voxel = 2 * bound / res
+    out = torch.zeros(viewmats.shape[0], height, width, device=occupancy.device)
+    if idx.shape[0] == 0:
+        return out
+    offsets = torch.tensor([[i, j, k] for i in (0.25, 0.75) for j in (0.25, 0.75) for k in (0.25, 0.75)],
+                           device=idx.device)
+    pts = ((idx[:, None, :] + offsets[None]) * voxel - bound).reshape(-1, 3)
+    uv, z = project(pts, viewmats.float(), Ks.float())
+    u, v = uv[..., 0].floor().long(), uv[..., 1].floor().long()
+    ok = (z > 1e-3) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    cam = torch.arange(viewmats.shape[0], device=idx.device)[:, None].expand_as(u)
+    out.view(-1).index_fill_(0, (cam * height * width + v * width + u)[ok], 1.0)
+    closed = F.max_pool2d(out[:, None], 3, stride=1, padding=1)
+    closed = -F.max_pool2d(-closed, 3, stride=1, padding=1)
+    return torch.maximum(closed[:, 0], out)

@@ -11,13 +11,15 @@ it without touching what the input view shows:
   units), so splats stay on the object in depth too;
 - ``ray_colour``: a Gaussian the input view does not see keeps the colour of the input pixel on
   its ray (the front's), as it was initialised -- nothing else constrains the colour of a side;
+- ``depth_smoothness``: neighbouring pixels of the input view's render have close expected depths;
 - ``opacity_binary``: o (1 - o), pushing opacities to 0 or 1 (semi-transparent veils that only the
   input view's compositing justifies look like smoke from the side);
 - :func:`far_from_volume`: Gaussians that are still well outside in some frame are removed.
 
 Random cameras orbit the object centre (the world origin, where an object-centred capture puts it)
-at the input camera's distance, azimuth uniform, elevation in [-30, 60] deg, with a field of view
-a little wider than the input crop's so the object stays in frame.
+at the input camera's distance, azimuth uniform but at least 30 deg from the input camera's (that
+view is known exactly; the volume's coarser silhouette there would only fight it), elevation in
+[-30, 60] deg, with a field of view a little wider than the input crop's so the object stays in frame.
 """
 
 from __future__ import annotations
@@ -35,10 +37,14 @@ from .sampling import project, to_grid
 
 
 def random_cameras(count: int, radius: float, focal: float, size: int, generator: torch.Generator,
-                   elevation_range: tuple[float, float] = (-30.0, 60.0)) -> tuple[Tensor, Tensor]:
+                   elevation_range: tuple[float, float] = (-30.0, 60.0), avoid_azimuth: float | None = None,
+                   avoid_deg: float = 0.0) -> tuple[Tensor, Tensor]:
     """``count`` cameras on the sphere of ``radius`` looking at the origin: viewmats [C,4,4], Ks [C,3,3]
-    (``focal`` in pixels at ``size`` px, centred principal point)."""
-    az = torch.rand(count, generator=generator) * 360.0
+    (``focal`` in pixels at ``size`` px, centred principal point). Azimuths within ``avoid_deg`` of
+    ``avoid_azimuth`` (the input camera's) are not drawn."""
+    az = torch.rand(count, generator=generator) * (360.0 - 2 * avoid_deg) + avoid_deg
+    if avoid_azimuth is not None:
+        az = az + avoid_azimuth
     lo, hi = elevation_range
     el = lo + torch.rand(count, generator=generator) * (hi - lo)
     viewmats = c2w_to_viewmat(orbit_camera(az, el, radius)).float()
@@ -70,6 +76,17 @@ def ray_colour(colours: Tensor, means: Tensor, frames_rgba: Tensor, viewmat: Ten
     wts = weights[None] * (rgba[..., 3] > 0.5).float()
     err = (colours[None] - rgba[..., :3].detach()).abs().mean(-1)
     return (wts * err).sum() / wts.sum().clamp_min(1e-6)
+
+
+def depth_smoothness(depth: Tensor, alpha: Tensor, threshold: float = 0.5) -> Tensor:
+    """Mean |difference| of expected depth between neighbouring covered pixels of renders
+    (``depth`` accumulated, [C, H, W, 1]; ``alpha`` [C, H, W, 1]): a front surface without shards."""
+    d = depth[..., 0] / alpha[..., 0].clamp_min(1e-6)
+    covered = alpha[..., 0].detach() > threshold
+    dx = (d[:, :, 1:] - d[:, :, :-1]).abs()[covered[:, :, 1:] & covered[:, :, :-1]]
+    dy = (d[:, 1:] - d[:, :-1]).abs()[covered[:, 1:] & covered[:, :-1]]
+    both = torch.cat([dx, dy])
+    return both.mean() if both.numel() else depth.sum() * 0
 
 
 def silhouette_l1(alpha: Tensor, target: Tensor) -> Tensor:
@@ -112,6 +129,12 @@ def mirror_camera(viewmat: Tensor, K: Tensor, width: int) -> tuple[Tensor, Tenso
 def input_focal(K: Tensor, width: int) -> float:
     """The input camera's focal length as a fraction of its image width (fov-independent of size)."""
     return float(K[0, 0]) / float(width)
+
+
+def orbit_azimuth(viewmat: Tensor) -> float:
+    """Azimuth (degrees, :func:`ds4d_cli.cameras.orbit_camera`'s convention) of the camera ``viewmat``."""
+    c = torch.linalg.inv(viewmat.double())[:3, 3]
+    return math.degrees(math.atan2(float(c[0]), float(-c[1])))
 
 
 def orbit_radius(viewmat: Tensor) -> float:

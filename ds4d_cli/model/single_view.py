@@ -4,7 +4,8 @@ Three hooks, each one call from :class:`ds4d_cli.model.trainer.Trainer`:
 
 - :meth:`SingleViewPrior.init_points` -- the initial Gaussians on the surface of the inflated
   volume of the middle frame (:mod:`.inflate`), instead of the silhouette extruded along the
-  camera ray; unseen sides take the colour of the input pixel along their ray (the front's);
+  camera ray; unseen sides take the colour of the input pixel along their ray (the front's),
+  read from the silhouette's interior so that the rim's background tint stays off them;
 - :meth:`SingleViewPrior.losses` -- the regularisers on unseen views (:mod:`.regularisers`),
   added to the step's loss;
 - :meth:`SingleViewPrior.prune_mask` -- Gaussians far outside the volume, removed with the
@@ -28,25 +29,29 @@ from torch import Tensor
 from ds4d_cli.render import render
 
 from . import regularisers as reg
-from .inflate import InflatedVolume
+from .inflate import InflatedVolume, interior_colours
 from .init import InitPoints, _colors, _surface
 from .losses import image_losses
 
 
 @dataclass
 class SingleViewSettings:
-    """The prior's knobs (TrainConfig's ``single_view_*`` fields)."""
+    """The prior's knobs (TrainConfig's ``single_view``). Defaults chosen by measurement on the shared
+    examples (README, "One view only"); the terms at weight 0 measured no better there."""
 
-    thickness: float = 1.0  # inflation: 1 = round cross-sections
+    thickness: float = 1.5  # inflation depth scale (1 = round cross-sections)
     unseen_views: int = 2  # random cameras per step
     unseen_resolution: int = 64
     unseen_weight: float = 0.5  # silhouette L1 on the random cameras
-    volume_weight: float = 1.0  # mean distance outside the volume (world units)
-    opacity_weight: float = 0.01  # o (1 - o)
+    silhouette_resolution: int = 96  # voxel grid of the random cameras' target silhouettes
+    avoid_input_deg: float = 30.0  # random cameras keep this far (azimuth) from the input camera
+    volume_weight: float = 1.0  # mean distance outside the volume (world units): a guard against debris
     prune_distance: float = 0.05  # world units outside the volume in some frame -> removed
     init_resolution: int = 96  # voxel grid of the initial surface
-    silhouette_resolution: int = 64  # voxel grid of the random cameras' target silhouettes
+    interior_colours: bool = True  # colour unseen sides from the nearest interior pixel, not the rim
+    opacity_weight: float = 0.0  # o (1 - o)
     colour_weight: float = 0.0  # unseen Gaussians keep the colour of the input pixel on their ray
+    depth_weight: float = 0.0  # depth smoothness of the input view's render
     mirror_weight: float = 0.0  # the flipped input frame seen from the mirrored camera (front/back symmetry)
 
 
@@ -60,12 +65,14 @@ class SingleViewPrior:
         t, h, w, _ = images.shape
         self.width = w
         self.device = images.device
-        self._images = images.detach().cpu()
-        self._images_dev = images.detach()
+        # colours for unseen sides: the nearest interior pixel's (no background tint from the rim)
+        self._images = interior_colours(images.detach().cpu()) if settings.interior_colours else images.detach().cpu()
+        self._images_dev = self._images.to(self.device)
         self.volume = InflatedVolume.from_alphas(images[..., 3].cpu(), viewmat.cpu(), K.cpu(), settings.thickness)
         self._cpu_volume = self.volume
         self.volume = self.volume.to(self.device)
         self.radius = reg.orbit_radius(viewmat)
+        self.input_azimuth = reg.orbit_azimuth(viewmat)
         # a little wider than the input crop, so the object stays in the random cameras' frames
         self.focal = 0.8 * reg.input_focal(K, w) * settings.unseen_resolution
         self.mirror = reg.mirror_camera(viewmat.float(), K.float(), w)
@@ -75,7 +82,8 @@ class SingleViewPrior:
     @torch.no_grad()
     def init_points(self, num_points: int, generator: torch.Generator | None = None) -> InitPoints | None:
         """Points on the surface of the middle frame's volume, coloured from the input pixel on their
-        ray; None when the volume is (nearly) empty (no silhouette: the caller falls back)."""
+        ray (:func:`.inflate.interior_colours`); None when the volume is (nearly) empty (no
+        silhouette: the caller falls back)."""
         images, viewmat, K = self._images, self._cpu_volume.viewmat, self._cpu_volume.K
         mid = images.shape[0] // 2
         res = self.s.init_resolution
@@ -95,16 +103,20 @@ class SingleViewPrior:
     # ------------------------------------------------------------------ losses
     def _cameras(self, step: int) -> tuple[Tensor, Tensor]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        vm, K = reg.random_cameras(self.s.unseen_views, self.radius, self.focal, self.s.unseen_resolution, gen)
+        vm, K = reg.random_cameras(self.s.unseen_views, self.radius, self.focal, self.s.unseen_resolution, gen,
+                                   avoid_azimuth=self.input_azimuth, avoid_deg=self.s.avoid_input_deg)
         return vm.to(self.device), K.to(self.device)
 
     def _target(self, frame: int, viewmats: Tensor, Ks: Tensor) -> Tensor:
         r = self.s.unseen_resolution
         return self.volume.silhouettes(frame, viewmats, Ks, r, r, self.bound, self.s.silhouette_resolution)
 
-    def losses(self, trainer: Any, frames: list[int], deformed: Any) -> dict[str, Tensor]:
-        """Weighted regulariser terms for the step's ``frames`` and their ``deformed`` Gaussians."""
+    def losses(self, trainer: Any, frames: list[int], deformed: Any, rendered: Any = None) -> dict[str, Tensor]:
+        """Weighted regulariser terms for the step's ``frames``, their ``deformed`` Gaussians and
+        the step's render of the input view (``rendered``, one camera per frame)."""
         s, out = self.s, {}
+        if s.depth_weight > 0 and rendered is not None:
+            out["depth_smoothness"] = s.depth_weight * reg.depth_smoothness(rendered.depth, rendered.alpha)
         if s.volume_weight > 0:
             out["volume"] = s.volume_weight * reg.volume_excess(self.volume, deformed.means, frames)
         if s.unseen_weight > 0 and s.unseen_views > 0:

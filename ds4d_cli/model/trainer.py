@@ -340,7 +340,7 @@ class Trainer:
             losses["plane"] = ps
             loss = loss + cfg.plane_smooth_weight * ps
         if self.single_view is not None:  # -- single-view prior hook: regularisers on unseen views
-            for name, term in self.single_view.losses(self, frames, d).items():
+            for name, term in self.single_view.losses(self, frames, d, out).items():
                 losses[name] = term
                 loss = loss + term
 
