@@ -192,6 +192,8 @@ _FORCE = typer.Option(False, "--force", help="Run again even if the cached resul
 _SOURCE = typer.Argument(..., help="A video (mp4, mov, webm, gif...), a folder of images, or RGBA frames.")
 _FRAMES = typer.Option(32, "--frames", "-n", help="Frames to sample evenly (fewer if the clip is shorter).")
 _SIZE = typer.Option(256, "--size", help="Side of the square object-centred output frames, in pixels.")
+_START = typer.Option(None, "--start", help="Start time in seconds (a usable window of a long clip).")
+_END = typer.Option(None, "--end", help="End time in seconds.")
 _SEGMENTER = typer.Option(
     Segmenter.hybrid, "--segmenter",
     help="hybrid (default: u2netp with the clip's own background), a rembg model (u2netp works offline), "
@@ -259,8 +261,8 @@ def preprocess(
     source: Path = _SOURCE,
     frames: int = _FRAMES,
     size: int = _SIZE,
-    start: Optional[float] = typer.Option(None, "--start", help="Start time in seconds."),
-    end: Optional[float] = typer.Option(None, "--end", help="End time in seconds."),
+    start: Optional[float] = _START,
+    end: Optional[float] = _END,
     segmenter: Segmenter = _SEGMENTER,
     background_plate: Optional[Path] = _PLATE,
     margin: float = typer.Option(0.1, "--margin", help="Extra border around the object, as a fraction of its size."),
@@ -289,6 +291,9 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Noise seed, shared by all frames so views do not flicker."),
     device: Device = _DEVICE,
     anchor: bool = typer.Option(True, "--anchor/--no-anchor", help="zero123pp: anchor later frames on frame 0 (STAG4D: self-attention tokens averaged with frame 0's)."),
+    input_camera: Optional[Path] = typer.Option(
+        None, "--input-camera", help="none: place the input camera from DIR/cameras.json (mapped through the crop, "
+        "as --prior import DIR does) so that `ds4d eval --gt DIR` can score a single-view fit."),
     force: bool = _FORCE,
 ) -> None:
     """Make V views of every frame at known cameras: the multi-view prior that `fit` learns from."""
@@ -298,7 +303,8 @@ def generate(
     from ds4d_cli.stages import generate as stage
 
     opts = _generate_options(prior, prior_dir, views, device, model=model, variant=variant, steps=steps,
-                             guidance=guidance, seed=seed, anchor=anchor)
+                             guidance=guidance, seed=seed, anchor=anchor,
+                             input_camera=str(input_camera.absolute()) if input_camera else None)
     ensure_upstream(ws, "generate")
     stage.run(ws, opts, force=force)
 
@@ -335,6 +341,10 @@ def fit(
     preview_every: int = typer.Option(250, "--preview-every", help="Write preview images every N steps."),
     log_every: int = typer.Option(10, "--log-every", help="Append to fit/log.jsonl every N steps."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help="Rasterizer: auto, cpu, cuda or dense (slow reference)."),
+    single_view_prior: bool = typer.Option(
+        True, "--single-view-prior/--no-single-view-prior",
+        help="With no generated views (--prior none): start from the inflated silhouette and keep the fit to it "
+        "from unseen cameras. --no-single-view-prior: the extruded silhouette, input view only."),
     force: bool = _FORCE,
 ) -> None:
     """Fit dynamic 3D Gaussians (DSFD + TSSF deformation); resumes from its last checkpoint.
@@ -352,7 +362,7 @@ def fit(
         input_weight=input_weight, view_weight=view_weight, ssim_weight=ssim_weight, mask_weight=mask_weight,
         smooth_weight=smooth_weight, densify=densify, densify_every=densify_every,
         opacity_reset_every=opacity_reset_every, preview_every=preview_every, log_every=log_every,
-        backend=backend.value,
+        backend=backend.value, single_view_prior=single_view_prior,
     )
     ensure_upstream(ws, "fit")
     stage.run(ws, opts, force=force or restart)
@@ -440,6 +450,8 @@ def run(
     size: int = _SIZE,
     segmenter: Segmenter = _SEGMENTER,
     background_plate: Optional[Path] = _PLATE,
+    start: Optional[float] = _START,
+    end: Optional[float] = _END,
     steps: Optional[int] = _STEPS,
     device: Device = _DEVICE,
     resolution: Optional[int] = _RES,
@@ -463,7 +475,7 @@ def run(
         raise Ds4dError(f"unknown export format {bad[0]!r}", hint="use --formats with ply, mp4 and/or grid")
     fit_opts = _fit_options(device, steps=steps, resolution=resolution, no_dsfd=no_dsfd, no_tssf=no_tssf)
     gen = _generate_options(prior, prior_dir, views, device)
-    pre = _preprocess_options(source, segmenter, background_plate, frames=frames, size=size)
+    pre = _preprocess_options(source, segmenter, background_plate, frames=frames, size=size, start=start, end=end)
     preprocess_stage.run(_ws_path(ctx), pre, force=force)
     ws = Workspace.open(_ws_path(ctx))
     generate_stage.run(ws, gen, force=force)
@@ -486,6 +498,8 @@ def batch(
     size: int = _SIZE,
     segmenter: Segmenter = _SEGMENTER,
     background_plate: Optional[Path] = _PLATE,
+    start: Optional[float] = _START,
+    end: Optional[float] = _END,
     steps: Optional[int] = _STEPS,
     device: Device = _DEVICE,
     resolution: Optional[int] = _RES,
@@ -517,7 +531,7 @@ def batch(
         raise Ds4dError(f"unknown export format {bad[0]!r}", hint="use --formats with ply, mp4, grid, html, glb and/or obj")
     plan = StagePlan.from_options(
         _preprocess_options(Path(clips[0]), segmenter, background_plate.absolute() if background_plate else None,
-                            frames=frames, size=size),  # absolute: a Ray task runs in another folder
+                            frames=frames, size=size, start=start, end=end),  # absolute: a Ray task runs in another folder
         _generate_options(prior, None, views, device),
         _fit_options(device, steps=steps, resolution=resolution, no_dsfd=no_dsfd, no_tssf=no_tssf),
         [_export_options(ExportFormat(fmt)) for fmt in formats_list], force=force,

@@ -110,3 +110,36 @@ def sharpness_ratio(pred_energy: float, gt_energy: float) -> Optional[float]:
     if gt_energy <= 0:
         return None
     return math.sqrt(pred_energy / gt_energy)
+
+
+#: Alpha above which a pixel counts as covered by the object (rendered or ground truth).
+SILHOUETTE_THRESHOLD = 0.5
+
+
+def silhouette_iou(pred_alpha: Tensor, gt_alpha: Tensor, threshold: float = SILHOUETTE_THRESHOLD) -> Tensor:
+    """IoU of the silhouettes (alpha > ``threshold``) of each image pair: [N]; 1 where both are empty.
+
+    Alphas are [N, H, W] or [H, W] (a trailing channel of 1 is dropped).
+    """
+    p, g = _alpha_batch(pred_alpha) > threshold, _alpha_batch(gt_alpha) > threshold
+    inter = (p & g).flatten(1).sum(1).double()
+    union = (p | g).flatten(1).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).float()
+
+
+def near_debris(alpha: Tensor, expected_depth: Tensor, near_limit: float,
+                threshold: float = SILHOUETTE_THRESHOLD) -> Tensor:
+    """Share of each image's pixels [N] that are covered (alpha > ``threshold``) at an expected depth
+    nearer the camera than ``near_limit`` -- nearer than any point of the object can be.
+
+    ``expected_depth`` is the render's accumulated depth divided by its alpha ([N, H, W] or [H, W]).
+    """
+    a, d = _alpha_batch(alpha), _alpha_batch(expected_depth)
+    return ((a > threshold) & (d < near_limit)).flatten(1).float().mean(1)
+
+
+def _alpha_batch(x: Tensor) -> Tensor:
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if x.dim() >= 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    return x[None] if x.dim() == 2 else x

@@ -112,6 +112,48 @@ def test_sharpness_ratio_sees_blur_and_noise() -> None:
     assert metrics.sharpness_ratio(1.0, 0.0) is None  # a flat truth has nothing to compare
 
 
+def test_silhouette_iou_and_near_debris_on_hand_made_images() -> None:
+    pred, gt = torch.zeros(2, 10, 10), torch.zeros(2, 10, 10)
+    pred[0, :, :6], gt[0, :, 3:9] = 1.0, 0.8  # 3 shared columns of 9 covered: IoU 1/3
+    assert metrics.silhouette_iou(pred, gt).tolist() == pytest.approx([1 / 3, 1.0])  # both empty: 1
+    assert float(metrics.silhouette_iou(pred[0] * 0.4, gt[0])[0]) == 0.0  # alpha 0.4 is not covered
+    alpha = torch.zeros(1, 10, 10, 1)
+    alpha[0, :2, :5] = 0.9  # 10 covered pixels nearer than 1.5, 20 covered at 2.0, 5 faint ones near
+    alpha[0, 2:6, :5] = 0.9
+    alpha[0, 6, :5] = 0.3
+    depth = torch.full((1, 10, 10, 1), 2.0)
+    depth[0, :2] = 1.0
+    depth[0, 6] = 1.0
+    assert float(metrics.near_debris(alpha, depth, near_limit=1.5)[0]) == pytest.approx(10 / 100)
+    assert float(metrics.near_debris(alpha, depth, near_limit=0.5)[0]) == 0.0
+
+
+def test_bounding_sphere_from_silhouettes_holds_the_object() -> None:
+    """Silhouettes of a ball (radius 0.3 at (0.1, 0, 0.2)) from ten cameras: the carved sphere holds
+    it, a few voxels larger at most (the visual hull of a ball is a little larger than the ball)."""
+    from ds4d_cli.bounds import sphere_from_silhouettes
+
+    centre, radius, size = torch.tensor([0.1, 0.0, 0.2]), 0.3, 64
+    az = torch.tensor([0.0, 45, 90, 135, 180, 225, 270, 315, 30, 200])
+    el = torch.tensor([0.0, 0, 0, 0, 0, 0, 0, 0, 60, -60])
+    vm = c2w_to_viewmat(orbit_camera(az, el))
+    K = intrinsics_from_fov(49.1, size)[None].expand(len(az), 3, 3)
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    alphas = []
+    for m, k in zip(vm, K):
+        c = m[:3, :3] @ centre + m[:3, 3]
+        rays = torch.stack([(xs - k[0, 2]) / k[0, 0], (ys - k[1, 2]) / k[1, 1], torch.ones_like(xs)], -1)
+        rays = rays / rays.norm(dim=-1, keepdim=True)
+        dist_to_centre = (c - (rays @ c)[..., None] * rays).norm(dim=-1)  # ray-to-centre distance
+        alphas.append((dist_to_centre < radius).float())
+    sphere = sphere_from_silhouettes(alphas, vm, K)
+    assert sphere is not None
+    assert torch.tensor(sphere.center).sub(centre).norm() < 0.06
+    assert radius <= sphere.radius < radius + 0.1
+    # the input camera (distance 2 from the origin) cannot see the object nearer than this
+    assert sphere.near_limit(vm[0]) == pytest.approx(float(vm[0, 2, :3] @ torch.tensor(sphere.center) + vm[0, 2, 3]) - sphere.radius)
+
+
 def test_frames_matched_by_normalised_time() -> None:
     assert ev.match_frames([0.0, 0.25, 0.5, 0.75], [i / 8 for i in range(8)]) == [(0, 0), (1, 2), (2, 4), (3, 6)]
 
@@ -153,6 +195,66 @@ def test_eval_matches_direct_computation_and_masked_psnr_sees_motion(tmp_path: P
     assert exact["overall"]["ssim"] > 0.99
     assert exact["overall"]["moving_sharpness"] == pytest.approx(1.0, abs=0.05)
     assert json.loads(json.dumps(exact)) == exact  # the --json form round-trips
+
+
+def _shrunk(model: FakeModel) -> FakeModel:
+    """``model`` at 60% size, so that no view's frame cuts it off."""
+    model.base_means = model.base_means * 0.6
+    model.travel *= 0.6
+    return model
+
+
+def _with_blob(model: FakeModel, centre: tuple[float, float, float], n: int = 30) -> FakeModel:
+    """``model`` plus a static opaque blob of ``n`` Gaussians around ``centre`` (debris)."""
+    g = torch.Generator().manual_seed(9)
+    blob = torch.tensor(centre) + 0.02 * torch.randn(n, 3, generator=g)
+    model.base_means = torch.cat([model.base_means, blob])
+    model.moving = torch.cat([model.moving, torch.zeros(n, dtype=torch.bool)])
+    model.quats = torch.cat([model.quats, torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4)])
+    model.log_scales = torch.cat([model.log_scales, torch.full((n, 3), math.log(0.03))])
+    model.opacity_logits = torch.cat([model.opacity_logits, torch.full((n,), 5.0)])
+    model.sh0 = torch.cat([model.sh0, torch.zeros(n, 1, 3)])
+    model.shN = torch.cat([model.shN, torch.zeros(n, model.shN.shape[1], 3)])
+    return model
+
+
+def test_eval_reports_silhouette_iou_and_near_plane_debris(tmp_path: Path) -> None:
+    truth = _shrunk(FakeModel(num_frames=3, travel=0.3))
+    gt_dir = write_gt(tmp_path / "gt", truth, frames=3)
+    ws = make_ws(tmp_path)
+    exact = ev.run(ws, ev.EvalOptions(gt=str(gt_dir)), model=truth)
+    for row in exact["views"]:
+        assert row["iou"] > 0.95 and row["near_debris"] == 0.0 and row["near_debris_frames"] == 0, row
+    assert exact["overall"]["iou"] > 0.95 and exact["overall"]["near_debris"] == 0.0
+    # the truth's Gaussians all lie inside the sphere carved from its silhouettes
+    sph = exact["object_sphere"]
+    assert (truth.means_at(0) - torch.tensor(sph["center"])).norm(dim=-1).max() < sph["radius"]
+
+    # a blob half-way between the input camera (on -Y, distance 2) and the object: near-plane debris
+    # in the input view only, as large as the blob's own silhouette there; IoU drops with it
+    debris = _with_blob(_shrunk(FakeModel(num_frames=3, travel=0.3)), (0.05, -1.0, 0.0))
+    res = ev.run(ws, ev.EvalOptions(gt=str(gt_dir)), model=debris)
+    rows = {r["view"]: r for r in res["views"]}
+    blob_only = _with_blob(FakeModel(num_frames=3, n_static=0, n_moving=0), (0.05, -1.0, 0.0))
+    K, vm = intrinsics_from_fov(49.1, SIZE)[None], c2w_to_viewmat(orbit_camera(0.0, 0.0))[None]
+    covered = float((blob_only.render(0, vm, K, SIZE, SIZE).alpha > 0.5).float().mean())
+    assert covered > 0.02
+    assert rows["input"]["near_debris"] == pytest.approx(covered, abs=0.01)
+    assert rows["input"]["near_debris_frames"] == 3
+    assert rows["input"]["iou"] < exact["views"][0]["iou"] - 0.1
+    assert rows["az180"]["near_debris"] == 0.0  # seen from behind, the blob is beyond the object
+    from ds4d_cli.tables import eval_table
+
+    text = _table_text(eval_table(res))
+    assert "IoU" in text and "near debris" in text and f"{100 * rows['input']['near_debris']:.1f}%" in text
+
+
+def _table_text(table) -> str:
+    from rich.console import Console
+
+    console = Console(width=250, record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text()
 
 
 def _activated(model: FakeModel, t: int):

@@ -158,6 +158,25 @@ def test_none_prior_writes_input_camera_only_and_warns(ws: Workspace, reported) 
     assert any("guessed" in w for w in reported.warnings())
 
 
+def test_none_prior_with_input_camera_places_it_as_import_does(ws: Workspace, tmp_path: Path,
+                                                                windmill_dir: Path) -> None:
+    """--prior none --input-camera DIR: the same input camera as --prior import DIR, and no view."""
+    result = run(ws, GenerateOptions(prior="none", input_camera=str(windmill_dir)))
+    none_cams = json.loads((ws.stage_dir("generate") / "cameras.json").read_text())
+    assert result.summary["views"] == [] and none_cams["views"] == [] and none_cams["prior"] == "none"
+    assert not (ws.stage_dir("generate") / "views").exists()
+    assert run(ws, GenerateOptions(prior="none", input_camera=str(windmill_dir))).cached
+    run(ws, GenerateOptions(prior="import", import_dir=str(windmill_dir), views=["az090"]))
+    import_cams = json.loads((ws.stage_dir("generate") / "cameras.json").read_text())
+    assert none_cams["input"] == import_cams["input"]
+    assert not np.allclose(none_cams["input"]["K"], intrinsics_from_fov(49.1, S).numpy(), atol=1e-2)  # the crop's K
+    # a malformed DIR is refused before the stage is touched; and import keeps its own camera
+    with pytest.raises(Ds4dError, match="no cameras.json"):
+        run(ws, GenerateOptions(prior="none", input_camera=str(tmp_path)), force=True)
+    with pytest.raises(Ds4dError, match="--input-camera goes with --prior none"):
+        run(ws, GenerateOptions(prior="import", import_dir=str(windmill_dir), input_camera=str(windmill_dir)))
+
+
 def test_auto_without_weights_falls_back_to_none(ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  reported) -> None:
     import huggingface_hub.constants as hf_constants

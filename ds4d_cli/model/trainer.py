@@ -40,6 +40,7 @@ from .features import DinoEncoder, build_encoder
 from .init import init_points
 from .losses import composite, image_losses
 from .sampling import project, sample_maps, to_grid, visibility
+from .single_view import SingleViewPrior, SingleViewSettings
 from .tssf import TSSF
 
 GAUSSIAN_LRS = {"means": 1.6e-3, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 1.25e-4}
@@ -123,6 +124,9 @@ class TrainConfig:
     random_background: bool = True
     backend: str = "auto"
     seed: int = 0
+    # -- single-view prior (ds4d_cli.model.single_view): only when the fit has the input view alone
+    single_view_prior: bool = True
+    single_view: SingleViewSettings = field(default_factory=SingleViewSettings)
 
 
 @dataclass
@@ -182,8 +186,14 @@ class Trainer:
 
         gen = torch.Generator().manual_seed(cfg.seed)
         mid = T // 2
-        pts = init_points(self.data.images[mid].cpu(), self.data.viewmats.cpu(), self.data.Ks.cpu(),
-                          cfg.num_gaussians, bound=cfg.bound, generator=gen)
+        # -- single-view prior hook: an inflated volume to start from and stay in (one view only)
+        self.single_view = (SingleViewPrior(self.data.images[:, 0], self.data.viewmats[0], self.data.Ks[0],
+                                            cfg.single_view, cfg.bound, cfg.seed)
+                            if V == 1 and cfg.single_view_prior else None)
+        pts = self.single_view.init_points(cfg.num_gaussians, gen) if self.single_view is not None else None
+        if pts is None:
+            pts = init_points(self.data.images[mid].cpu(), self.data.viewmats.cpu(), self.data.Ks.cpu(),
+                              cfg.num_gaussians, bound=cfg.bound, generator=gen)
         self.init_method = pts.method
         g = Gaussians.from_points(pts.means, pts.colors, sh_degree=cfg.sh_degree, scale=pts.spacing, opacity=0.5)
         self.gaussians = g.to(self.device)
@@ -462,6 +472,10 @@ class Trainer:
             ps = self.deform.hexplane.smoothness()
             losses["plane"] = ps
             loss = loss + cfg.plane_smooth_weight * ps
+        if self.single_view is not None:  # -- single-view prior hook: regularisers on unseen views
+            for name, term in self.single_view.losses(self, frames, d, out).items():
+                losses[name] = term
+                loss = loss + term
         timer.lap("losses")
 
         densify = cfg.densify and "means2d" in out.info
@@ -528,6 +542,8 @@ class Trainer:
         """Remove the floaters of :meth:`outside_input` (parameters, optimiser and strategy state
         kept in step); the number removed. Keeps at least one Gaussian."""
         mask = self.outside_input()
+        if self.single_view is not None:  # -- single-view prior hook: far outside the inflated volume
+            mask |= self.single_view.prune_mask(self)
         n = int(mask.sum())
         if n == 0 or n == mask.numel():
             return 0

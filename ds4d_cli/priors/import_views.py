@@ -85,8 +85,45 @@ def _view_folder(root: Path, name: str) -> Path | None:
     return None
 
 
-def load_import_dir(root: str | Path, views: list[str] | None = None) -> ImportedViews:
-    """Read and validate DIR; ``views`` picks a subset (default: every view except ``input``)."""
+@dataclass
+class CameraFile:
+    """DIR/cameras.json, validated: what both ``--prior import DIR`` and ``--input-camera DIR`` read."""
+
+    root: Path
+    path: Path
+    views: dict  # the raw "views" object (name -> entry)
+    K: list[list[float]]  # shared intrinsics
+    width: int
+    height: int
+    frame_times: list[float]
+
+    def camera(self, name: str) -> dict:
+        """One view's camera as a generate cameras.json entry (name, camera_to_world, K, width, height)."""
+        entry = self.views[name]
+        cams = self.path
+        if not isinstance(entry, dict) or "camera_to_world" not in entry:
+            raise _err(f"{cams}: view {name!r} has no camera_to_world", hint="add its 4x4 camera-to-world matrix")
+        K, w, h = self.K, self.width, self.height
+        if "K" in entry:
+            K = _matrix(entry["K"], (3, 3), f"views.{name}.K", cams)
+        elif "intrinsics" in entry:
+            K, w, h = _intrinsics(entry["intrinsics"], cams, f"views.{name}.intrinsics")
+        cam = {"name": name, "camera_to_world": _matrix(entry["camera_to_world"], (4, 4), f"views.{name}.camera_to_world", cams),
+               "K": K, "width": w, "height": h}
+        for key in ("azimuth_deg", "elevation_deg"):
+            if key in entry:
+                cam[key] = entry[key]
+        return cam
+
+    def input_camera(self) -> dict:
+        """The camera that filmed the video, in DIR's own (original video) pixels."""
+        cam = self.camera(INPUT_VIEW)
+        cam.pop("name")
+        return cam
+
+
+def read_camera_file(root: str | Path) -> CameraFile:
+    """Read and validate DIR/cameras.json (intrinsics, frame times, an ``input`` view)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise _err(f"import folder {root} does not exist", hint="pass the folder that holds cameras.json and gt/<view>/")
@@ -118,6 +155,13 @@ def load_import_dir(root: str | Path, views: list[str] | None = None) -> Importe
         times = [i / meta["frames"] for i in range(meta["frames"])]
     else:
         raise _err(f"{cams} gives neither frame_times nor frames", hint='add "frame_times": [0.0, ...] (one per frame)')
+    return CameraFile(root, cams, all_views, K_shared, width, height, times)
+
+
+def load_import_dir(root: str | Path, views: list[str] | None = None) -> ImportedViews:
+    """Read and validate DIR; ``views`` picks a subset (default: every view except ``input``)."""
+    cf = read_camera_file(root)
+    root, cams, all_views, times = cf.root, cf.path, cf.views, cf.frame_times
 
     available = [n for n in all_views if n != INPUT_VIEW]
     if views:
@@ -130,25 +174,8 @@ def load_import_dir(root: str | Path, views: list[str] | None = None) -> Importe
     if not chosen:
         raise _err(f"{cams} lists no views besides \"input\"", hint="add at least one view, or use --prior none")
 
-    def camera(name: str) -> dict:
-        entry = all_views[name]
-        if not isinstance(entry, dict) or "camera_to_world" not in entry:
-            raise _err(f"{cams}: view {name!r} has no camera_to_world", hint="add its 4x4 camera-to-world matrix")
-        K, w, h = K_shared, width, height
-        if "K" in entry:
-            K = _matrix(entry["K"], (3, 3), f"views.{name}.K", cams)
-        elif "intrinsics" in entry:
-            K, w, h = _intrinsics(entry["intrinsics"], cams, f"views.{name}.intrinsics")
-        cam = {"name": name, "camera_to_world": _matrix(entry["camera_to_world"], (4, 4), f"views.{name}.camera_to_world", cams),
-               "K": K, "width": w, "height": h}
-        for key in ("azimuth_deg", "elevation_deg"):
-            if key in entry:
-                cam[key] = entry[key]
-        return cam
-
-    input_cam = camera(INPUT_VIEW)
-    input_cam.pop("name")
-    view_cams = [camera(n) for n in chosen]
+    input_cam = cf.input_camera()
+    view_cams = [cf.camera(n) for n in chosen]
 
     n_frames = len(times)
     paths: list[list[Path]] = [[] for _ in range(n_frames)]
@@ -182,17 +209,18 @@ def nearest_frames(source_times: list[float], target_times: list[float]) -> list
     return [int(np.argmin(np.abs(src - t))) for t in target_times]
 
 
-def input_camera_for_frames(imported: ImportedViews, crop_intrinsics, original_size: tuple[int, int], size: int) -> dict:
-    """DIR's input camera re-expressed for the preprocessed S x S frames: K = A @ K_original.
+def input_camera_for_frames(input_camera: dict, crop_intrinsics, original_size: tuple[int, int], size: int) -> dict:
+    """DIR's input camera (``CameraFile.input_camera()``) re-expressed for the preprocessed S x S
+    frames: K = A @ K_original.
 
     If the video's pixel size differs from DIR's intrinsics (e.g. a rescaled export), K is
     first scaled to the video's pixels.
     """
-    K = np.asarray(imported.input_camera["K"], dtype=np.float64)
-    w0, h0 = imported.input_camera["width"], imported.input_camera["height"]
+    K = np.asarray(input_camera["K"], dtype=np.float64)
+    w0, h0 = input_camera["width"], input_camera["height"]
     W, H = original_size
     if (W, H) != (w0, h0):
         K = np.diag([W / w0, H / h0, 1.0]) @ K
     A = np.asarray(crop_intrinsics, dtype=np.float64)
-    return {"camera_to_world": imported.input_camera["camera_to_world"], "K": (A @ K).tolist(),
+    return {"camera_to_world": input_camera["camera_to_world"], "K": (A @ K).tolist(),
             "width": int(size), "height": int(size)}

@@ -17,6 +17,14 @@ views, masked PSNR pools the error over all their moving pixels.
 Moving sharpness: sqrt(gradient energy of the render / that of the ground truth) over the same
 moving pixels, pooled the same way. PSNR rewards a blurred average of a fast part; this ratio
 shows it: 1 = as sharp as the truth, well below 1 = smeared, above 1 = noisier than the truth.
+
+Shape figures per view: ``iou``, the silhouette IoU (rendered alpha > 0.5 against ground-truth
+alpha > 0.5), mean over frames; ``near_debris``, the worst frame's share of image pixels covered
+(alpha > 0.5) at an expected depth (accumulated depth / alpha) nearer the camera than the object
+can be -- the depth of the object's bounding sphere's centre minus its radius, the sphere holding
+the visual hull of every ground-truth view in DIR over the whole clip (:mod:`ds4d_cli.bounds`),
+so a model whose splats all lie on the object scores 0; ``near_debris_frames``, how many frames
+have any such pixel. Per role: means over views.
 """
 
 from __future__ import annotations
@@ -115,13 +123,35 @@ def match_frames(model_times: list[float], gt_times: list[float]) -> list[tuple[
     return [(i, int(np.argmin(np.abs(gt - t)))) for i, t in enumerate(model_times)]
 
 
-def _load_rgb(path: Path, background: tuple[float, float, float], size: tuple[int, int]) -> torch.Tensor:
+def _load_rgba(path: Path, background: tuple[float, float, float], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RGB over ``background`` [H,W,3], alpha [H,W]) of a ground-truth image at ``size``."""
     img = Image.open(path).convert("RGBA")
     if img.size != size:
         img = img.resize(size, Image.Resampling.LANCZOS)
     a = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
     bg = torch.tensor(background, dtype=torch.float32)
-    return a[..., :3] * a[..., 3:] + bg * (1.0 - a[..., 3:])
+    return a[..., :3] * a[..., 3:] + bg * (1.0 - a[..., 3:]), a[..., 3]
+
+
+def _load_rgb(path: Path, background: tuple[float, float, float], size: tuple[int, int]) -> torch.Tensor:
+    return _load_rgba(path, background, size)[0]
+
+
+def object_sphere(gt_views: list[GtView]):
+    """Bounding sphere of the object from the ground-truth silhouettes of ``gt_views`` (union over
+    time, at most 128 px): where the object can be (:mod:`ds4d_cli.bounds`)."""
+    from ds4d_cli.bounds import sphere_from_silhouettes
+
+    alphas, Ks = [], []
+    for v in gt_views:
+        scale = min(1.0, 128.0 / max(v.width, v.height))
+        size = (max(1, round(v.width * scale)), max(1, round(v.height * scale)))
+        alphas.append(torch.stack([_load_rgba(f, (1.0, 1.0, 1.0), size)[1] for f in v.files]).amax(0))
+        K = v.K.clone()
+        K[0] *= size[0] / v.width
+        K[1] *= size[1] / v.height
+        Ks.append(K)
+    return sphere_from_silhouettes(alphas, torch.stack([v.viewmat for v in gt_views]), torch.stack(Ks))
 
 
 def training_views(ws: Workspace) -> set[str] | None:
@@ -148,8 +178,15 @@ def _model_times(model: Any) -> list[float]:
 
 
 def evaluate_model(model: Any, gt_views: list[GtView], gt_times: list[float],
-                   background: tuple[float, float, float], train: set[str] | None = None) -> dict[str, Any]:
-    """Render ``model`` at every GT camera and frame; figures per view, per role and overall."""
+                   background: tuple[float, float, float], train: set[str] | None = None,
+                   sphere: Any = None) -> dict[str, Any]:
+    """Render ``model`` at every GT camera and frame; figures per view, per role and overall.
+
+    ``sphere`` (a :class:`ds4d_cli.bounds.BoundingSphere`, default: from ``gt_views``'
+    silhouettes) says where the object can be, for the near-plane debris figure.
+    """
+    if sphere is None:
+        sphere = object_sphere(gt_views)
     pairs = match_frames(_model_times(model), gt_times)
     gap = max(abs(_model_times(model)[i] - gt_times[j]) for i, j in pairs)
     if len(gt_times) > 1 and gap > 0.5 / len(gt_times) + 1e-6:
@@ -161,17 +198,28 @@ def evaluate_model(model: Any, gt_views: list[GtView], gt_times: list[float],
         groups.setdefault((v.width, v.height), []).append(vi)
     renders: list[list[torch.Tensor]] = [[] for _ in gt_views]
     gts: list[list[torch.Tensor]] = [[] for _ in gt_views]
-    from ds4d_cli.export.views import render_rgb
+    ious: list[list[float]] = [[] for _ in gt_views]
+    debris: list[list[float]] = [[] for _ in gt_views]
+    near = [sphere.near_limit(v.viewmat) if sphere is not None else None for v in gt_views]
+    bg = torch.tensor(background, dtype=torch.float32)
 
     with progress("Evaluating", total=len(pairs), unit="frame") as bar:
         for mi, gj in pairs:
             for (w, h), idx in groups.items():
                 vm = torch.stack([gt_views[k].viewmat for k in idx])
                 Ks = torch.stack([gt_views[k].K for k in idx])
-                rgb = render_rgb(model, mi, vm, Ks, w, h, background)
+                with torch.no_grad():
+                    out = model.render(mi, vm, Ks, w, h, bg)
+                rgb = out.rgb.detach().float().cpu().clamp(0.0, 1.0)
+                alpha = out.alpha.detach().float().cpu()[..., 0]
+                depth = out.depth.detach().float().cpu()[..., 0] / alpha.clamp_min(1e-6)
                 for c, k in enumerate(idx):
                     renders[k].append(rgb[c])
-                    gts[k].append(_load_rgb(gt_views[k].files[gj], background, (w, h)))
+                    gt_rgb, gt_alpha = _load_rgba(gt_views[k].files[gj], background, (w, h))
+                    gts[k].append(gt_rgb)
+                    ious[k].append(float(metrics.silhouette_iou(alpha[c], gt_alpha)[0]))
+                    if near[k] is not None:
+                        debris[k].append(float(metrics.near_debris(alpha[c], depth[c], near[k])[0]))
             bar.advance(1)
 
     rows = []
@@ -192,12 +240,16 @@ def evaluate_model(model: Any, gt_views: list[GtView], gt_times: list[float],
             "masked_psnr": metrics.psnr_from_mse(sq / count) if count else None,
             "moving_sharpness": metrics.sharpness_ratio(ge_pred, ge_gt) if count else None,
             "moving_fraction": float(mask.float().mean()),
+            "iou": float(np.mean(ious[k])),
+            "near_debris": float(np.max(debris[k])) if debris[k] else None,
+            "near_debris_frames": int(sum(d > 0 for d in debris[k])),
             "_sq": sq, "_count": count, "_ge_pred": ge_pred, "_ge_gt": ge_gt,
         })
     result = {
         "views": [{k: val for k, val in r.items() if not k.startswith("_")} for r in rows],
         "overall": _aggregate(rows),
         "max_time_gap": gap,
+        "object_sphere": None if sphere is None else {"center": list(sphere.center), "radius": sphere.radius},
     }
     for role in ("train", "held-out"):
         sub = [r for r in rows if r["role"] == role]
@@ -216,7 +268,14 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "masked_psnr": metrics.psnr_from_mse(sq / count) if count else None,
         "moving_sharpness": metrics.sharpness_ratio(sum(r["_ge_pred"] for r in rows),
                                                     sum(r["_ge_gt"] for r in rows)) if count else None,
+        "iou": float(np.mean([r["iou"] for r in rows])),
+        "near_debris": _mean_or_none([r["near_debris"] for r in rows]),
     }
+
+
+def _mean_or_none(values: list[Any]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def run(ws: Workspace, opts: EvalOptions, model: Any = None) -> dict[str, Any]:
@@ -232,5 +291,7 @@ def run(ws: Workspace, opts: EvalOptions, model: Any = None) -> dict[str, Any]:
         from ds4d_cli.fitted import load_fitted
 
         model = load_fitted(ws)
-    result = evaluate_model(model, gt_views, gt_times, background, training_views(ws))
+    # where the object can be: from every view DIR holds, not only the scored ones
+    sphere = object_sphere(load_gt(root, None)[0])
+    result = evaluate_model(model, gt_views, gt_times, background, training_views(ws), sphere)
     return {"gt": str(root.absolute()), "background": opts.background, **result}

@@ -41,7 +41,7 @@ from ds4d_cli.model.tssf import FUSIONS
 from ds4d_cli.report import info, progress, warn
 from ds4d_cli.workspace import StageResult, Workspace, canonical_digest, run_stage
 
-VERSION = 2  # 2: Gaussians outside the input view are pruned
+VERSION = 3  # 2: Gaussians outside the input view are pruned; 3: the single-view prior
 
 #: Defaults that depend on the device, as (CPU, CUDA): what ``None`` in :class:`FitOptions` becomes.
 DEVICE_DEFAULTS: dict[str, tuple[int, int]] = {
@@ -83,6 +83,8 @@ class FitOptions:
     seed: int = 0
     restart: bool = False
     backend: str = "auto"  # renderer backend (auto | cpu | cuda | dense)
+    # -- single-view prior (ds4d_cli.model.single_view), used only when there are no generated views
+    single_view_prior: bool = True
 
 
 #: Options that do not change the result: left out of the manifest and the checkpoint key.
@@ -126,6 +128,7 @@ def train_config(o: FitOptions):
         densify=o.densify, densify_every=o.densify_every, densify_from=o.densify_every,
         opacity_reset_every=o.opacity_reset_every, use_dsfd=not o.no_dsfd, fusion=o.fusion,
         encoder_path=o.encoder, seed=o.seed, backend=o.backend,
+        single_view_prior=o.single_view_prior,
     )
 
 

@@ -8,7 +8,9 @@ Priors:
   values use the mean of its own tokens and frame 0's at the same step and layer
   (:mod:`ds4d_cli.priors.ref_attention`). The flat grey background is cut out into alpha.
 - ``import``: views made elsewhere, in the layout documented in :mod:`ds4d_cli.priors.import_views`.
-- ``none``: no views (a warning says the unseen sides will be guessed).
+- ``none``: no views (a warning says the unseen sides will be guessed). With ``input_camera``
+  (``--input-camera DIR``) the input camera is DIR's, mapped through the crop exactly as for
+  ``import``, so the fit lives in DIR's world and ``ds4d eval --gt DIR`` can score it.
 - ``auto``: ``zero123pp`` when its weights are found locally, else ``none`` with a warning.
 
 Outputs (CONTRACTS.md): ``generate/views/NNN/VV.png`` (RGBA, VV in cameras.json "views" order)
@@ -51,6 +53,7 @@ class GenerateOptions:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     anchor: bool = True  # zero123pp: anchor frames 1.. on frame 0 (STAG4D's self-attention token mean)
+    input_camera: Optional[str] = None  # none: place the input camera from DIR/cameras.json (as import does)
 
 
 # -- preprocess outputs ---------------------------------------------------------------------------
@@ -96,23 +99,34 @@ def _save_png(path: Path, rgba: np.ndarray | Image.Image) -> None:
 
 
 # -- priors ---------------------------------------------------------------------------------------
-def _run_none(out: Path, meta: dict, frames: list[Path]) -> dict:
+def _placed_input_camera(camera: dict, meta: dict, size: int) -> dict:
+    """A camera from DIR/cameras.json (DIR's video pixels) mapped through preprocess's crop onto
+    the S x S frames: the input camera of ``--prior import DIR`` and of ``--input-camera DIR``."""
+    from ds4d_cli.priors.import_views import input_camera_for_frames
+
+    if meta.get("crop_intrinsics") is not None and meta.get("original_size") is not None:
+        return input_camera_for_frames(camera, meta["crop_intrinsics"], tuple(meta["original_size"]), size)
+    # frames given already cropped: DIR's camera is the frames' camera, rescaled to S
+    return input_camera_for_frames(camera, np.diag([size / camera["width"], size / camera["height"], 1.0]),
+                                   (camera["width"], camera["height"]), size)
+
+
+def _run_none(out: Path, meta: dict, frames: list[Path], camera_file=None) -> dict:
     warn("--prior none: no generated views, so fit sees only the input view; the back and other unseen sides will be guessed")
     size = _frame_size(meta, frames)
-    write_json_atomic(out / "cameras.json", _cameras_json("none", _default_input_camera(size), [], meta["frame_times"]))
-    return {"prior": "none", "frames": len(frames), "views": []}
+    if camera_file is None:
+        input_cam, extra = _default_input_camera(size), {}
+    else:
+        input_cam, extra = _placed_input_camera(camera_file.input_camera(), meta, size), {"input_camera_source": str(camera_file.root)}
+    write_json_atomic(out / "cameras.json", _cameras_json("none", input_cam, [], meta["frame_times"], **extra))
+    return {"prior": "none", "frames": len(frames), "views": [], **extra}
 
 
 def _run_import(out: Path, imported, meta: dict, frames: list[Path]) -> dict:
-    from ds4d_cli.priors.import_views import input_camera_for_frames, nearest_frames
+    from ds4d_cli.priors.import_views import nearest_frames
 
     size = _frame_size(meta, frames)
-    if meta.get("crop_intrinsics") is not None and meta.get("original_size") is not None:
-        input_cam = input_camera_for_frames(imported, meta["crop_intrinsics"], tuple(meta["original_size"]), size)
-    else:  # frames given already cropped: DIR's camera is the frames' camera, rescaled to S
-        input_cam = input_camera_for_frames(
-            imported, np.diag([size / imported.input_camera["width"], size / imported.input_camera["height"], 1.0]),
-            (imported.input_camera["width"], imported.input_camera["height"]), size)
+    input_cam = _placed_input_camera(imported.input_camera, meta, size)
     mapping = nearest_frames(imported.frame_times, meta["frame_times"])
     for i, src in enumerate(mapping):
         for v, path in enumerate(imported.paths[src]):
@@ -212,6 +226,9 @@ def run(ws: Workspace, opts: GenerateOptions, force: bool = False) -> StageResul
     """Produce (or reuse from cache) the views of every preprocessed frame."""
     inputs: dict[str, Any] = {"preprocess": ws.upstream_digest("preprocess")}
     prior = _resolve_prior(opts)
+    if opts.input_camera and prior != "none":
+        raise Ds4dError(f"--input-camera goes with --prior none, not --prior {prior}",
+                        hint="--prior import DIR places the input camera from DIR itself; drop --input-camera")
     meta, frames = _read_preprocess(ws)
     options: dict[str, Any] = {"prior": prior}
     if prior == "import":
@@ -235,5 +252,13 @@ def run(ws: Workspace, opts: GenerateOptions, force: bool = False) -> StageResul
                        seed=opts.seed, device=device.type, anchor=opts.anchor)
         body = lambda out: _run_zero123pp(out, opts, meta, frames, chosen)  # noqa: E731
     else:
-        body = lambda out: _run_none(out, meta, frames)  # noqa: E731
+        camera_file = None
+        if opts.input_camera:
+            from ds4d_cli.priors.import_views import read_camera_file
+
+            camera_file = read_camera_file(opts.input_camera)
+            camera_file.input_camera()  # validate before touching the stage
+            options["input_camera"] = str(camera_file.root.absolute())
+            inputs["input_camera"] = _digest_files([camera_file.path])
+        body = lambda out: _run_none(out, meta, frames, camera_file)  # noqa: E731
     return run_stage(ws, "generate", options=options, inputs=inputs, version=VERSION, force=force, body=body)
