@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 import numpy as np
@@ -49,13 +51,17 @@ def _ds4d() -> str:
     return str(Path(sys.executable).with_name("ds4d"))
 
 
+ENV: dict[str, str] = {}  # extra environment for every ds4d call (--jobs: one render thread each)
+
+
 def _run(args: list[str], log: Path) -> float:
     """Run ``ds4d ARGS`` (quiet, output appended to ``log``); wall seconds. Raises on failure."""
     start = time.perf_counter()
     with log.open("a") as fh:
         fh.write("$ ds4d " + " ".join(args) + "\n")
         fh.flush()
-        res = subprocess.run([_ds4d(), "--quiet", *args], stdout=fh, stderr=subprocess.STDOUT)
+        res = subprocess.run([_ds4d(), "--quiet", *args], stdout=fh, stderr=subprocess.STDOUT,
+                             env={**os.environ, **ENV})
     if res.returncode != 0:
         raise RuntimeError(f"ds4d {' '.join(args[:3])} failed (exit {res.returncode}); see {log}")
     return time.perf_counter() - start
@@ -92,7 +98,7 @@ def fit_case(work: Path, case: str, variant: str, seed: int, fit_args: list[str]
         views = ["input", *HO]
     fit_s = _run(["-w", str(ws), "fit", "--seed", str(seed), *VARIANTS[variant], *fit_args], log)
     out = subprocess.run([_ds4d(), "--quiet", "-w", str(ws), "eval", "--gt", str(gt), "--views", ",".join(views),
-                          "--json"], check=True, stdout=subprocess.PIPE, text=True)
+                          "--json"], check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, **ENV})
     ev = json.loads(out.stdout)
     return summarise(ev, fit_s)
 
@@ -111,7 +117,7 @@ def summarise(ev: dict[str, Any], fit_s: Optional[float]) -> dict[str, Any]:
         "held_moving": agg.get("masked_psnr"),
         "held_iou": float(np.mean([r["iou"] for r in held])) if held and "iou" in held[0] else None,
         "near_debris": max((r.get("near_debris", 0.0) for r in held), default=None),
-        "sharpness": agg.get("sharpness"),
+        "sharpness": agg.get("moving_sharpness"),
         "fit_s": fit_s,
         "views": ev["views"],
     }
@@ -155,7 +161,8 @@ def _fmt(x: Any, d: int = 2) -> str:
 
 
 COLUMNS = (("input_psnr", "input PSNR", 2), ("input_moving", "input moving", 2), ("held_psnr", "held-out PSNR", 2),
-           ("held_ssim", "held-out SSIM", 4), ("held_moving", "held-out moving", 2), ("held_iou", "IoU", 3),
+           ("held_ssim", "held-out SSIM", 4), ("held_moving", "held-out moving", 2),
+           ("sharpness", "held-out moving sharpness", 3), ("held_iou", "IoU", 3),
            ("fit_s", "fit s", 0))
 
 
@@ -182,6 +189,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--variants", default="full,plain,none", help="full, plain (--no-dsfd --no-tssf), none (--prior none)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--fit-args", default="", help="extra flags for every fit, e.g. '--steps 300'")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="fits at once; with more than one, each gets one render thread (fit seconds then "
+                         "measure one core each)")
     ap.add_argument("--work", default=str(REPO / "bench_quality"), help="workspaces and logs (kept for inspection)")
     ap.add_argument("--json", default=None, help="write every figure here (default WORK/quality.json)")
     ap.add_argument("--results", default=str(REPO / "bench" / "quality_results.md"),
@@ -197,18 +207,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = []
     for case in cases:
         results.append({"case": case, "variant": "frozen GT", **frozen_reference(case)})
+    runs = [(case, variant, seed) for case in cases for variant in variants for seed in seeds
+            if not (variant == "none" and case.endswith("_noisy"))]  # no prior views: same as clean
+    if args.jobs > 1:
+        ENV["DS4D_RENDER_THREADS"] = "1"
     for case in cases:
-        for variant in variants:
-            if variant == "none" and case.endswith("_noisy"):
-                continue  # no prior views: identical to the clean case
-            for seed in seeds:
-                print(f"[quality] {case} {variant} seed {seed} ...", flush=True)
-                r = {"case": case, "variant": variant, "seed": seed,
-                     **fit_case(work, case, variant, seed, fit_args)}
-                print(f"[quality] {case} {variant} seed {seed}: " + ", ".join(
-                    f"{k} {_fmt(r.get(k))}" for k, _, _ in COLUMNS), flush=True)
-                results.append(r)
-                (Path(args.json) if args.json else work / "quality.json").write_text(json.dumps(results, indent=1))
+        preprocessed(work, case)  # before any parallel fit, so two never preprocess one clip
+
+    def one(run: tuple[str, str, int]) -> dict[str, Any]:
+        case, variant, seed = run
+        print(f"[quality] {case} {variant} seed {seed} ...", flush=True)
+        r = {"case": case, "variant": variant, "seed": seed, **fit_case(work, case, variant, seed, fit_args)}
+        print(f"[quality] {case} {variant} seed {seed}: " + ", ".join(
+            f"{k} {_fmt(r.get(k))}" for k, _, _ in COLUMNS), flush=True)
+        return r
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        for r in pool.map(one, runs):
+            results.append(r)
+            (Path(args.json) if args.json else work / "quality.json").write_text(json.dumps(results, indent=1))
     text = table(results)
     print(text)
     if args.results:
