@@ -218,7 +218,7 @@ _DEVICE = typer.Option(Device.auto, "--device", help="auto uses CUDA when availa
 
 # fit (FitOptions; the numbers quoted for CPU/CUDA are fit.DEVICE_DEFAULTS)
 _STEPS = typer.Option(None, "--steps", help="Optimisation steps (default 1000 on CPU, 5000 on CUDA).")
-_RES = typer.Option(None, "--resolution", help="Training resolution in pixels (default 128 on CPU, 256 on CUDA).")
+_RES = typer.Option(None, "--resolution", help="Training resolution in pixels (default 256 on CPU, 256 on CUDA; at most the preprocessed frames' side).")
 _NO_DSFD = typer.Option(False, "--no-dsfd", help="Ablation: feed the frame feature straight to the head.")
 _NO_TSSF = typer.Option(False, "--no-tssf", help="Ablation: plain mean over views instead of similarity fusion.")
 
