@@ -19,7 +19,7 @@ from typing import BinaryIO, Sequence
 import numpy as np
 
 from ds4d_cli.errors import Ds4dError
-from ds4d_cli.video import DEFAULT_FOLDER_FPS, VideoInfo, iter_frames, probe, sample_indices
+from ds4d_cli.video import DEFAULT_FOLDER_FPS, VideoInfo, choose_frames, iter_frames
 
 #: Long side (px) of the frames the segmenters see; masks are mapped back to the source's pixels.
 WORK_SIDE = 1024
@@ -142,10 +142,7 @@ def load_sampled(
     memory_budget: int = MEMORY_BUDGET,
 ) -> SampledClip:
     """Probe (unless ``info`` is given), choose ``n`` frames evenly in [start, end), decode them once."""
-    if n <= 0:
-        raise Ds4dError(f"--frames must be at least 1 (got {n})", hint="e.g. --frames 32")
-    info = probe(path, folder_fps) if info is None else info
-    indices = sample_indices(info, n, start, end)
+    info, indices = choose_frames(path, n, start, end, folder_fps, info)
     size = working_size(info.size, work_side)
     work: list[np.ndarray] = []
     full: list[np.ndarray] = []

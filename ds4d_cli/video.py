@@ -331,6 +331,15 @@ class Clip:
         return [i / self.info.fps for i in self.indices]
 
 
+def choose_frames(path: str | Path, n: int, start: float | None, end: float | None, folder_fps: float,
+                  info: VideoInfo | None) -> tuple[VideoInfo, list[int]]:
+    """Probe (unless ``info`` is given) and choose ``n`` frame indices evenly in [start, end)."""
+    if n <= 0:
+        raise Ds4dError(f"--frames must be at least 1 (got {n})", hint="e.g. --frames 32")
+    info = probe(path, folder_fps) if info is None else info
+    return info, sample_indices(info, n, start, end)
+
+
 def load_clip(
     path: str | Path,
     n: int,
@@ -340,10 +349,7 @@ def load_clip(
     info: VideoInfo | None = None,
 ) -> Clip:
     """Probe (unless ``info`` is given), choose ``n`` frames evenly in [start, end) and decode them."""
-    if n <= 0:
-        raise Ds4dError(f"--frames must be at least 1 (got {n})", hint="e.g. --frames 32")
-    info = probe(path, folder_fps) if info is None else info
-    indices = sample_indices(info, n, start, end)
+    info, indices = choose_frames(path, n, start, end, folder_fps, info)
     frames, has_alpha = drop_opaque_alpha(read_frames(info, indices))
     return Clip(info, indices, frames, has_alpha)
 
