@@ -238,3 +238,22 @@ def test_single_view_fit_beats_the_extruded_hull_on_held_out_views(tmp_path, win
     assert res["held_out"]["iou"] > hull + 0.25
     assert all(rows[v]["near_debris"] == 0.0 for v in HELD_OUT)
     assert rows["input"]["iou"] > 0.7 and rows["input"]["psnr"] > 20.0  # 64 px fit of the uncropped frames, scored at 256
+
+
+def test_surface_voxels_give_the_solids_silhouettes() -> None:
+    """The unseen-view targets splat only the shell of the volume: the same silhouettes, far fewer points."""
+    from ds4d_cli.model.inflate import surface_voxels, voxel_silhouettes
+
+    res = 48
+    lin = (torch.arange(res) + 0.5) / res * 2 - 1
+    x, y, z = torch.meshgrid(lin, lin, lin, indexing="ij")
+    solid = ((x / 0.6) ** 2 + (y / 0.3) ** 2 + (z / 0.45) ** 2 <= 1) | ((x.abs() < 0.05) & (y.abs() < 0.05) & (z < 0.8))
+    shell = surface_voxels(solid)
+    assert bool((shell <= solid).all()) and int(shell.sum()) < int(solid.sum()) // 2
+    assert bool(shell[res // 2, res // 2, res - 6])  # the thin pole (2 voxels wide) is all surface
+    assert not bool(shell[res // 2, res // 2, res // 2])  # the centre is not
+    az = torch.tensor([0.0, 37, 90, 151, 200, 290])
+    el = torch.tensor([0.0, 20, -30, 60, 5, -10])
+    vms = c2w_to_viewmat(orbit_camera(az, el))
+    Ks = intrinsics_from_fov(49.1, 64)[None].expand(len(az), 3, 3)
+    assert torch.equal(voxel_silhouettes(shell, vms, Ks, 64, 64), voxel_silhouettes(solid, vms, Ks, 64, 64))

@@ -172,8 +172,19 @@ class InflatedVolume:
         """[C, H, W] float {0, 1}: the frame's volume seen from C cameras (:func:`voxel_silhouettes`)."""
         key = (frame, bound, res)
         if key not in self._cache:
-            self._cache[key] = self.occupancy(frame, bound, res)
+            # only the shell: every ray through a solid crosses its surface, so the interior adds
+            # nothing to a silhouette but points to project (about 6x fewer on the examples)
+            self._cache[key] = surface_voxels(self.occupancy(frame, bound, res))
         return voxel_silhouettes(self._cache[key], viewmats, Ks, width, height, bound)
+
+
+def surface_voxels(occupancy: Tensor) -> Tensor:
+    """[res, res, res] bool: the occupied voxels with at least one empty 6-neighbour (or the grid's
+    edge). Seen from any camera they cover what the whole solid covers."""
+    p = F.pad(occupancy.float()[None, None], (1, 1, 1, 1, 1, 1))[0, 0]
+    inner = (p[:-2, 1:-1, 1:-1] * p[2:, 1:-1, 1:-1] * p[1:-1, :-2, 1:-1] * p[1:-1, 2:, 1:-1]
+             * p[1:-1, 1:-1, :-2] * p[1:-1, 1:-1, 2:]) > 0.5
+    return occupancy & ~inner
 
 
 @torch.no_grad()
