@@ -173,8 +173,11 @@ def table(results: list[dict[str, Any]]) -> str:
     for r in results:
         lines.append(f"| {r['case']} | {r['variant']} | {r.get('seed', '-')} | "
                      + " | ".join(_fmt(r.get(k), d) for k, _, d in COLUMNS) + " |")
-    for variant in dict.fromkeys(r["variant"] for r in results):
-        sub = [r for r in results if r["variant"] == variant]
+    def group(r: dict[str, Any]) -> str:
+        return r["variant"] + (", noisy prior" if r["case"].endswith("_noisy") else "")
+
+    for variant in dict.fromkeys(group(r) for r in results):
+        sub = [r for r in results if group(r) == variant]
         means = []
         for k, _, d in COLUMNS:
             vals = [r[k] for r in sub if r.get(k) is not None]
