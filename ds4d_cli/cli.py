@@ -333,6 +333,9 @@ def fit(
     ssim_weight: float = typer.Option(0.2, "--ssim-weight", help="Share of D-SSIM in the image loss."),
     mask_weight: float = typer.Option(1.0, "--mask-weight", help="Weight of the silhouette (alpha) loss."),
     smooth_weight: float = typer.Option(0.1, "--smooth-weight", help="Temporal smoothness of the deformation."),
+    dynamic_weight: float = typer.Option(
+        2.0, "--dynamic-weight", help="DSFD steers the loss: pixels of large dynamic part |D| weigh up to 1 + this "
+        "(0 = every pixel alike; --no-dsfd turns it off with DSFD)."),
     densify: bool = typer.Option(True, "--densify/--no-densify", help="Split, clone and prune Gaussians (gsplat strategy)."),
     densify_every: int = typer.Option(100, "--densify-every", help="Steps between densification rounds."),
     opacity_reset_every: Optional[int] = typer.Option(
@@ -360,7 +363,7 @@ def fit(
         encoder=str(encoder) if encoder else None, checkpoint_every=checkpoint_every, seed=seed, restart=restart,
         batch_frames=batch_frames, lr=lr, num_gaussians=num_gaussians, max_gaussians=max_gaussians,
         input_weight=input_weight, view_weight=view_weight, ssim_weight=ssim_weight, mask_weight=mask_weight,
-        smooth_weight=smooth_weight, densify=densify, densify_every=densify_every,
+        smooth_weight=smooth_weight, dynamic_weight=dynamic_weight, densify=densify, densify_every=densify_every,
         opacity_reset_every=opacity_reset_every, preview_every=preview_every, log_every=log_every,
         backend=backend.value, single_view_prior=single_view_prior,
     )

@@ -73,6 +73,7 @@ class FitOptions:
     ssim_weight: float = 0.2
     mask_weight: float = 1.0
     smooth_weight: float = 0.1  # temporal smoothness of the deformation
+    dynamic_weight: float = 2.0  # DSFD's dynamic map weighs moving pixels up to 1 + this in the losses
     densify: bool = True
     densify_every: int = 100
     opacity_reset_every: Optional[int] = None
@@ -128,6 +129,7 @@ def train_config(o: FitOptions):
     return TrainConfig(
         steps=o.steps, batch_frames=o.batch_frames, num_gaussians=o.num_gaussians, max_gaussians=o.max_gaussians,
         lr=o.lr, ssim_weight=o.ssim_weight, mask_weight=o.mask_weight, smooth_weight=o.smooth_weight,
+        dynamic_weight=o.dynamic_weight,
         densify=o.densify, densify_every=o.densify_every, densify_from=o.densify_every,
         opacity_reset_every=o.opacity_reset_every, use_dsfd=not o.no_dsfd, fusion=o.fusion,
         encoder_path=o.encoder, seed=o.seed, backend=o.backend,
