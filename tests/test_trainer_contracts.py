@@ -109,3 +109,22 @@ def test_checkpoint_reloads_to_the_same_renders(windmill_dir, tmp_path):
     losses_b = [b.step().loss for _ in range(2)]
     assert losses_b == pytest.approx(losses_a, rel=1e-5, abs=1e-7)
     torch.testing.assert_close(b.render_frames([0, 3]), a.render_frames([0, 3]))
+
+
+def test_dsfd_dynamic_map_weighs_the_moving_pixels_and_the_ablation_drops_it(windmill_dir, tmp_path):
+    """--dynamic-weight: the loss weights come from DSFD's dynamic part -- high where the clip
+    moves (the blades), 1 where it never does -- and --no-dsfd removes them with DSFD."""
+    from ds4d_cli.metrics import moving_mask
+
+    tr = _trainer(windmill_dir, tmp_path, dynamic_weight=2.0)
+    w = tr._pixel_weights([0, 1])
+    assert w is not None and w.shape == (2 * tr.data.num_views, tr.H, tr.W, 1)
+    assert float(w.min()) >= 1.0 and float(w.max()) <= 3.0 + 1e-6
+    rgb = tr.data.images[:, 0, ..., :3] * tr.data.images[:, 0, ..., 3:]  # the input view over black
+    moving = moving_mask(rgb)
+    still = ~moving & (tr.data.images[:, 0, ..., 3].amax(0) < 0.01)  # never covered: the empty background
+    w_in = w[0, ..., 0]
+    assert float(w_in[moving].mean()) > float(w_in[still].mean()) + 0.3
+    assert float(w_in[still].mean()) < 1.2
+    assert _trainer(windmill_dir, tmp_path / "abl", dynamic_weight=2.0, use_dsfd=False)._pixel_weights([0, 1]) is None
+    assert _trainer(windmill_dir, tmp_path / "off", dynamic_weight=0.0)._pixel_weights([0, 1]) is None
