@@ -249,6 +249,16 @@ def _fit_options(device: Device, **given: Any) -> Any:
     return opts
 
 
+def _export_formats(formats: str) -> list[ExportFormat]:
+    """``--formats a,b`` of `run` and `batch`: the export formats, or a user error naming the bad one."""
+    names = _split_list(formats) or []
+    known = [e.value for e in ExportFormat]
+    bad = [f for f in names if f not in known]
+    if bad:
+        raise Ds4dError(f"unknown export format {bad[0]!r}", hint=f"use --formats with any of {', '.join(known)}")
+    return [ExportFormat(f) for f in names]
+
+
 def _export_options(fmt: ExportFormat, **given: Any) -> Any:
     from ds4d_cli.stages.export import ExportOptions
 
@@ -460,7 +470,7 @@ def run(
     resolution: Optional[int] = _RES,
     no_dsfd: bool = _NO_DSFD,
     no_tssf: bool = _NO_TSSF,
-    formats: str = typer.Option("ply,mp4", "--formats", help="Exports to write, comma-separated (ply, mp4, grid)."),
+    formats: str = typer.Option("ply,mp4", "--formats", help="Exports to write, comma-separated (ply, mp4, grid, html, glb, obj)."),
     force: bool = _FORCE,
 ) -> None:
     """Run preprocess, generate, fit and export in order; each is skipped when its cache is valid.
@@ -472,10 +482,7 @@ def run(
     from ds4d_cli.stages import preprocess as preprocess_stage
     from ds4d_cli.workspace import Workspace
 
-    formats_list = _split_list(formats) or []
-    bad = [f for f in formats_list if f not in {e.value for e in ExportFormat}]
-    if bad:
-        raise Ds4dError(f"unknown export format {bad[0]!r}", hint="use --formats with ply, mp4 and/or grid")
+    formats_list = _export_formats(formats)
     fit_opts = _fit_options(device, steps=steps, resolution=resolution, no_dsfd=no_dsfd, no_tssf=no_tssf)
     gen = _generate_options(prior, prior_dir, views, device)
     pre = _preprocess_options(source, segmenter, background_plate, frames=frames, size=size, start=start, end=end)
@@ -483,7 +490,7 @@ def run(
     ws = Workspace.open(_ws_path(ctx))
     generate_stage.run(ws, gen, force=force)
     fit_stage.run(ws, fit_opts, force=force)
-    outputs = [export_stage.run(ws, _export_options(ExportFormat(fmt)), force=force) for fmt in formats_list]
+    outputs = [export_stage.run(ws, _export_options(fmt), force=force) for fmt in formats_list]
     console.print("[bold]outputs:[/bold]")
     for result in outputs:
         for path in result.summary.get("outputs", [str(result.dir)]):
@@ -528,16 +535,13 @@ def batch(
     if prior is Prior.import_:
         raise Ds4dError("--prior import takes one clip's views, not a batch's",
                         hint="use --prior auto, zero123pp or none, or `ds4d run CLIP --prior import DIR` per clip")
-    formats_list = _split_list(formats) or []
-    bad = [f for f in formats_list if f not in {e.value for e in ExportFormat}]
-    if bad:
-        raise Ds4dError(f"unknown export format {bad[0]!r}", hint="use --formats with ply, mp4, grid, html, glb and/or obj")
+    formats_list = _export_formats(formats)
     plan = StagePlan.from_options(
         _preprocess_options(Path(clips[0]), segmenter, background_plate.absolute() if background_plate else None,
                             frames=frames, size=size, start=start, end=end),  # absolute: a Ray task runs in another folder
         _generate_options(prior, None, views, device),
         _fit_options(device, steps=steps, resolution=resolution, no_dsfd=no_dsfd, no_tssf=no_tssf),
-        [_export_options(ExportFormat(fmt)) for fmt in formats_list], force=force,
+        [_export_options(fmt) for fmt in formats_list], force=force,
     )
     state = ctx.ensure_object(_State)
     result = run_batch(clips, out, plan, workers=workers, ray=ray is not None,
