@@ -166,6 +166,11 @@ COLUMNS = (("input_psnr", "input PSNR", 2), ("input_moving", "input moving", 2),
            ("fit_s", "fit s", 0))
 
 
+def _mean(rows: list[dict[str, Any]], key: str) -> Optional[float]:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """A markdown table, one row per (case, variant, seed), then means per variant."""
     head = "| case | variant | seed | " + " | ".join(c[1] for c in COLUMNS) + " |"
@@ -178,17 +183,9 @@ def table(results: list[dict[str, Any]]) -> str:
 
     for variant in dict.fromkeys(group(r) for r in results):
         sub = [r for r in results if group(r) == variant]
-        means = []
-        for k, _, d in COLUMNS:
-            vals = [r[k] for r in sub if r.get(k) is not None]
-            means.append(_fmt(float(np.mean(vals)), d) if vals else "-")
+        means = [_fmt(_mean(sub, k), d) for k, _, d in COLUMNS]
         lines.append(f"| **mean** | **{variant}** | | " + " | ".join(means) + " |")
     return "\n".join(lines)
-
-
-def _mean(rows: list[dict[str, Any]], key: str) -> Optional[float]:
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    return float(np.mean(vals)) if vals else None
 
 
 def targets(results: list[dict[str, Any]]) -> str:
