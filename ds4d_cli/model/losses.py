@@ -8,8 +8,9 @@ weights let the reference view count more than the (less reliable) generated vie
 from __future__ import annotations
 
 import torch
-from pytorch_msssim import ssim
 from torch import Tensor
+
+from .ssim import ssim_per_image
 
 
 def composite(rgba_or_rgb: Tensor, alpha: Tensor, background: Tensor | float) -> Tensor:
@@ -43,10 +44,8 @@ def image_losses(
     l1 = (l1_px.mean((1, 2, 3)) * weights).sum() / wsum
     mask = (mask_px.mean((1, 2, 3)) * weights).sum() / wsum
     if ssim_weight > 0:
-        s = ssim(
-            pred_rgb.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0,
-            size_average=False, win_size=7 if min(pred_rgb.shape[1:3]) < 96 else 11,
-        )
+        s = ssim_per_image(pred_rgb.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2),
+                           win_size=7 if min(pred_rgb.shape[1:3]) < 96 else 11)
         dssim = ((1 - s) * weights).sum() / wsum
     else:
         dssim = torch.zeros((), device=pred_rgb.device)

@@ -1,7 +1,8 @@
-"""Build and load the C++ CPU compositor (``csrc/raster.cpp``) as a plain shared library.
+"""Build and load the C++ CPU kernels as one plain shared library.
 
-The kernel has a C ABI and no torch headers, so one ``g++`` call builds it in a few seconds.
-The library is cached per source hash under ``$DS4D_CACHE_DIR`` (default
+``csrc/raster.cpp`` is the compositor, ``csrc/ssim.cpp`` the fit's fused SSIM loss; both share
+the thread pool of ``csrc/pool.hpp``. The kernels have a C ABI and no torch headers, so one
+``g++`` call builds them in a few seconds. The library is cached per source hash under ``$DS4D_CACHE_DIR`` (default
 ``~/.cache/ds4d``), written atomically so concurrent processes never load half a file.
 ``make setup`` runs ``python -m ds4d_cli.render.build``; otherwise the first CPU render builds
 it. Set ``DS4D_RENDER_EXT=0`` to force the pure-torch fallback.
@@ -21,12 +22,14 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-SOURCE = Path(__file__).with_name("csrc") / "raster.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / "raster.cpp", CSRC / "ssim.cpp"]
+HEADERS = [CSRC / "pool.hpp"]
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
 # Tuned for the building CPU when the compiler allows it (~15% faster); the cache key includes
 # the CPU's identity so a library is never loaded on a machine it was not built for.
 NATIVE = ["-march=native"]
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -63,7 +66,7 @@ def _cpu_identity() -> bytes:
 
 
 def library_path() -> Path:
-    key = SOURCE.read_bytes() + " ".join(FLAGS + NATIVE).encode() + _cpu_identity()
+    key = b"".join(p.read_bytes() for p in SOURCES + HEADERS) + " ".join(FLAGS + NATIVE).encode() + _cpu_identity()
     digest = hashlib.sha256(key).hexdigest()[:16]
     return cache_dir() / f"ds4d_raster_{digest}.so"
 
@@ -80,13 +83,14 @@ def build(verbose: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cxx, *FLAGS, *NATIVE, str(SOURCE), "-o", tmp], capture_output=True,
+        proc = subprocess.run([cxx, *FLAGS, *NATIVE, *map(str, SOURCES), "-o", tmp], capture_output=True,
                               text=True, timeout=300)
         if proc.returncode != 0:  # e.g. a compiler without -march=native: portable build
-            proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True,
+            proc = subprocess.run([cxx, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True,
                                   text=True, timeout=300)
         if proc.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{proc.stderr.strip()}")
+            names = ", ".join(p.name for p in SOURCES)
+            raise RuntimeError(f"compiling {names} failed:\n{proc.stderr.strip()}")
         if verbose and proc.stderr:
             print(proc.stderr, file=sys.stderr)
         os.replace(tmp, target)
@@ -105,6 +109,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "forward": ([I64, I64, I, I, I] + [P] * 14 + [I], None),
         "backward": ([I64, I64, I, I, I] + [P] * 12 + [I], None),
         "record_size": ([I], I),
+        "ssim": ([I64, I, I] + [P] * 3 + [I] + [P] * 4 + [I], None),
+        "ssim_backward": ([I64, I, I] + [P] * 3 + [I] + [P] * 5 + [I], None),
     }
     for sfx in ("f32", "f64"):
         for name, (args, res) in signatures.items():
