@@ -38,7 +38,10 @@ def build_trainer(case: str, work: Path):
     from ds4d_cli.model.trainer import Trainer
     from ds4d_cli.stages.fit import FitOptions, load_fit_data, resolve_options, train_config
 
+    from ds4d_cli.allocator import retain_freed_memory
+
     torch.set_num_threads(1)  # as the fit stage runs on the CPU
+    retain_freed_memory()  # as the fit stage does
     ws = build_workspace(work / "ws", REPO.parent / "shared" / "examples" / case, ZPP, list(range(24)))
     opts = resolve_options(FitOptions(device="cpu"))
     data, _ = load_fit_data(ws, opts)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ds4d_cli.allocator import retain_freed_memory
 from ds4d_cli.cameras import c2w_to_viewmat
 from ds4d_cli.checkpoints import Checkpoints
 from ds4d_cli.errors import Ds4dError
@@ -327,6 +328,8 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path, backbone: An
     torch.manual_seed(opts.seed)
     data, names = load_fit_data(ws, opts)
     T, V = data.num_frames, data.num_views
+    if opts.device == "cpu":
+        retain_freed_memory()
     trainer = Trainer(data, train_config(opts), device=opts.device, backbone=backbone)
     ran = _ran(trainer)
     info(
