@@ -113,6 +113,8 @@ class TrainConfig:
     # 2 measured at 256 px, seed 0: windmill input/held-out moving +3.7/+1.3 dB, but flapper
     # -0.6/-0.1: not a win on every example, so off by default (README, "Experiments").
     dynamic_weight: float = 0.0
+    # Largest log-scale change the deformation may make (0 = unbounded); see DeformationNet.
+    scale_deform_bound: float = 0.0
     net_lr_final: float = 0.1  # deformation learning rates decay exponentially to this fraction
     # Temporal curriculum. Large motions (a blade turning 15 deg per frame) cannot be found by
     # the photometric gradient from the canonical (middle) frame: measured on the windmill, the
@@ -218,7 +220,7 @@ class Trainer:
         self.tssf = TSSF(V, cfg.fusion).to(self.device)
         self.deform = DeformationNet(
             gdim, bound=cfg.bound, time_resolution=max(2, T), hex_resolutions=cfg.hex_resolutions,
-            width=cfg.mlp_width,
+            width=cfg.mlp_width, scale_bound=cfg.scale_deform_bound,
         ).to(self.device)
 
         lr = cfg.lr
