@@ -10,8 +10,6 @@ each plane's moments in cache and computes the formula and its gradient in one s
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -70,7 +68,7 @@ def _kernel_for(x: Tensor, y: Tensor, win_size: int):
 
 def ssim_per_image(x: Tensor, y: Tensor, win_size: int = 11) -> Tensor:
     """SSIM [N] of images ``x`` [N,C,H,W] against targets ``y`` (no gradient to ``y``)."""
-    if win_size % 2 == 0 or win_size < 1 or not math.isfinite(win_size):
+    if win_size % 2 == 0 or win_size < 1:
         raise ValueError(f"SSIM window size must be odd and positive, got {win_size}")
     lib = _kernel_for(x, y, win_size)
     if lib is None:
