@@ -344,8 +344,8 @@ def fit(
     mask_weight: float = typer.Option(1.0, "--mask-weight", help="Weight of the silhouette (alpha) loss."),
     smooth_weight: float = typer.Option(0.1, "--smooth-weight", help="Temporal smoothness of the deformation."),
     dynamic_weight: float = typer.Option(
-        0.0, "--dynamic-weight", help="DSFD steers the loss: pixels of large dynamic part |D| weigh up to 1 + this "
-        "(0 = every pixel alike; 2 helped the windmill, not the flapper; --no-dsfd turns it off with DSFD)."),
+        2.0, "--dynamic-weight", help="DSFD steers the loss: pixels of large dynamic part |D| weigh up to 1 + this "
+        "(0 = every pixel alike; --no-dsfd turns it off with DSFD)."),
     densify: bool = typer.Option(True, "--densify/--no-densify", help="Split, clone and prune Gaussians (gsplat strategy)."),
     densify_every: int = typer.Option(100, "--densify-every", help="Steps between densification rounds."),
     opacity_reset_every: Optional[int] = typer.Option(

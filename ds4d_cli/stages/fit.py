@@ -74,7 +74,7 @@ class FitOptions:
     ssim_weight: float = 0.2
     mask_weight: float = 1.0
     smooth_weight: float = 0.1  # temporal smoothness of the deformation
-    dynamic_weight: float = 0.0  # DSFD's dynamic map weighs moving pixels up to 1 + this in the losses
+    dynamic_weight: float = 2.0  # DSFD's dynamic map weighs moving pixels up to 1 + this in the losses
     densify: bool = True
     densify_every: int = 100
     opacity_reset_every: Optional[int] = None
