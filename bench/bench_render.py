@@ -223,7 +223,7 @@ def _build_driver(workdir: Path) -> Optional[Path]:
     exe = workdir / "kernel_driver"
     flags = [f for f in build.FLAGS if f not in ("-shared", "-fPIC")]
     src = REPO / "bench" / "kernel_driver.cpp"
-    define = f'-DKERNEL_SOURCE="{build.SOURCE}"'
+    define = f'-DKERNEL_SOURCE="{build.CSRC / "raster.cpp"}"'  # the compositor alone (it includes pool.hpp)
     for extra in (build.NATIVE, []):
         proc = subprocess.run([cxx, *flags, *extra, define, str(src), "-o", str(exe)], capture_output=True,
                               text=True, timeout=600)
