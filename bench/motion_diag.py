@@ -31,16 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def per_frame(ws_path: Path) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
-    """Figures per frame and the [truth | render | error] rows of every frame."""
+def per_frame(ws: Any, model: Any) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+    """Figures per frame and the [truth | render | error] rows of every frame, for the fitted
+    ``model`` of workspace ``ws``."""
     from ds4d_cli import metrics
-    from ds4d_cli.fitted import load_fitted
     from ds4d_cli.model.losses import composite
     from ds4d_cli.stages.fit import FitOptions, load_fit_data, resolve_options
-    from ds4d_cli.workspace import Workspace
 
-    ws = Workspace.open(ws_path)
-    model = load_fitted(ws)
     opts = resolve_options(FitOptions(device="cpu", resolution=int(model.resolution)))
     data, _ = load_fit_data(ws, opts)
     gts = composite(data.images[:, 0, ..., :3], data.images[:, 0, ..., 3:], 1.0)  # [T, H, W, 3]
@@ -84,12 +81,14 @@ def main() -> int:
     ap.add_argument("workspace", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="error strip PNG (default WORKSPACE/motion_diag.png)")
     args = ap.parse_args()
-    rows, strips = per_frame(args.workspace)
     from ds4d_cli.fitted import load_fitted
     from ds4d_cli.workspace import Workspace
 
-    baked = load_fitted(Workspace.open(args.workspace))._b
-    f = follow_or_fade(baked["means"], baked["scales"])
+    ws = Workspace.open(args.workspace)
+    model = load_fitted(ws)
+    rows, strips = per_frame(ws, model)
+    frames = [model.gaussians_at(t) for t in range(model.num_frames)]
+    f = follow_or_fade(torch.stack([g["means"] for g in frames]), torch.stack([g["scales"] for g in frames]))
     print(f"follow or fade: {f['moving']:.0f} of {f['gaussians']:.0f} Gaussians move; median travel moving "
           f"{f.get('moving_travel', 0):.3f} / static {f.get('static_travel', 0):.3f}, median log-volume change "
           f"moving {f.get('moving_dlogvol', 0):.2f} / static {f.get('static_dlogvol', 0):.2f} "

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..render.cpu import _sfx, kernel_threads
+
 SIGMA = 1.5
 
 
@@ -27,7 +29,7 @@ class _FusedSSIM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, win_size: int, lib, n_threads: int) -> Tensor:  # type: ignore[override]
         N, C, H, W = x.shape
-        sfx = "f64" if x.dtype == torch.float64 else "f32"
+        sfx = _sfx(x.dtype)
         xc, yc = x.detach().contiguous(), y.detach().contiguous()
         win = gaussian_window(win_size, dtype=x.dtype)
         P, Ho, Wo = N * C, H - win_size + 1, W - win_size + 1
@@ -75,6 +77,4 @@ def ssim_per_image(x: Tensor, y: Tensor, win_size: int = 11) -> Tensor:
         from pytorch_msssim import ssim
 
         return ssim(x, y, data_range=1.0, size_average=False, win_size=win_size)
-    from ..render.cpu import kernel_threads
-
     return _FusedSSIM.apply(x, y, win_size, lib, kernel_threads())

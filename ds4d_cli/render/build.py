@@ -2,10 +2,10 @@
 
 ``csrc/raster.cpp`` is the compositor, ``csrc/ssim.cpp`` the fit's fused SSIM loss; both share
 the thread pool of ``csrc/pool.hpp``. The kernels have a C ABI and no torch headers, so one
-``g++`` call builds them in a few seconds. The library is cached per source hash under ``$DS4D_CACHE_DIR`` (default
-``~/.cache/ds4d``), written atomically so concurrent processes never load half a file.
-``make setup`` runs ``python -m ds4d_cli.render.build``; otherwise the first CPU render builds
-it. Set ``DS4D_RENDER_EXT=0`` to force the pure-torch fallback.
+``g++`` call builds them in a few seconds. The library is cached per source hash under
+``$DS4D_CACHE_DIR`` (default ``~/.cache/ds4d``), written atomically so concurrent processes
+never load half a file. ``make setup`` runs ``python -m ds4d_cli.render.build``; otherwise the
+first CPU render builds it. Set ``DS4D_RENDER_EXT=0`` to force the pure-torch fallback.
 """
 
 from __future__ import annotations
