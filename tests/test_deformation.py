@@ -37,3 +37,19 @@ def test_scale_offset_is_bounded_only_when_asked():
     d_means_free, _, _ = free.offsets(x, t, f)
     d_means_bounded, _, _ = bounded.offsets(x, t, f)
     assert torch.equal(d_means_free, d_means_bounded)  # only the scale head is bounded
+
+
+def test_a_frame_entering_the_curriculum_starts_from_its_neighbours():
+    """Row 0 from rows 1 and 2: 2a - b (constant velocity) or a copy of row 1 (velocity off)."""
+    from ds4d_cli.model.hexplane import HexPlane
+
+    for velocity, expect in ((True, lambda a, b: 2 * a - b), (False, lambda a, b: a)):
+        hp = HexPlane(1.0, channels=2, resolutions=(4,), time_resolution=5)
+        with torch.no_grad():
+            for plane in hp.time:
+                plane.copy_(torch.randn_like(plane))
+        before = [p.detach().clone() for p in hp.time]
+        hp.extrapolate_time_row(0, towards=2, velocity=velocity)
+        for old, new in zip(before, hp.time):
+            assert torch.allclose(new[:, :, 0], expect(old[:, :, 1], old[:, :, 2]))
+            assert torch.equal(new[:, :, 1:], old[:, :, 1:])

@@ -68,13 +68,14 @@ class HexPlane(nn.Module):
         return torch.cat(feats, dim=-1)
 
     @torch.no_grad()
-    def extrapolate_time_row(self, row: int, towards: int) -> None:
+    def extrapolate_time_row(self, row: int, towards: int, velocity: bool = True) -> None:
         """Set time row ``row`` from the two rows next to it on the side of ``towards``.
 
         With neighbours ``a`` (next) and ``b`` (the one after) the row becomes ``2a - b``: a
         constant-velocity guess of the next frame's deformation, so that a frame entering the
         temporal curriculum starts where the motion was heading instead of at the untrained
-        initial value (a plain copy of ``a`` at the edge of the grid).
+        initial value (a plain copy of ``a`` at the edge of the grid, or with ``velocity`` False:
+        a part that reverses, like a flapping wing, is not thrown past its turning point).
         """
         step = 1 if towards > row else -1
         a, b = row + step, row + 2 * step
@@ -82,7 +83,8 @@ class HexPlane(nn.Module):
             r = plane.shape[2]
             if not 0 <= a < r:
                 continue
-            plane[:, :, row] = 2 * plane[:, :, a] - plane[:, :, b] if 0 <= b < r else plane[:, :, a]
+            extrapolate = velocity and 0 <= b < r
+            plane[:, :, row] = 2 * plane[:, :, a] - plane[:, :, b] if extrapolate else plane[:, :, a]
 
     def smoothness(self) -> Tensor:
         """Temporal smoothness: squared 2nd difference of the time planes along t (4DGS-style)."""

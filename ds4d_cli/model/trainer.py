@@ -124,6 +124,7 @@ class TrainConfig:
     # constant-velocity extrapolation of its neighbours'.
     static_fraction: float = 0.0  # share of the steps on the middle frame only, no deformation
     grow_fraction: float = 0.0  # share of the steps over which the window grows to the whole clip
+    grow_velocity: bool = True  # a new frame's row: constant-velocity extrapolation (False: a copy)
     visibility_every: int = 100
     random_background: bool = True
     backend: str = "auto"
@@ -405,7 +406,8 @@ class Trainer:
             self._window += 1
             for row in (self.mid - self._window, self.mid + self._window):
                 if 0 <= row < T and self._window < T:
-                    self.deform.hexplane.extrapolate_time_row(row, towards=self.mid)
+                    self.deform.hexplane.extrapolate_time_row(row, towards=self.mid,
+                                                              velocity=self.cfg.grow_velocity)
 
     def _pick_frames(self) -> list[int]:
         T = self.data.num_frames
