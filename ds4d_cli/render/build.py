@@ -1,7 +1,8 @@
 """Build and load the C++ CPU kernels as one plain shared library.
 
-``csrc/raster.cpp`` is the compositor, ``csrc/ssim.cpp`` the fit's fused SSIM loss; both share
-the thread pool of ``csrc/pool.hpp``. The kernels have a C ABI and no torch headers, so one
+``csrc/raster.cpp`` is the compositor, ``csrc/ssim.cpp`` the fit's fused SSIM loss,
+``csrc/hexplane.cpp`` the deformation's HexPlane field; all share the thread pool of
+``csrc/pool.hpp``. The kernels have a C ABI and no torch headers, so one
 ``g++`` call builds them in a few seconds. The library is cached per source hash under
 ``$DS4D_CACHE_DIR`` (default ``~/.cache/ds4d``), written atomically so concurrent processes
 never load half a file. ``make setup`` runs ``python -m ds4d_cli.render.build``; otherwise the
@@ -23,13 +24,13 @@ from pathlib import Path
 from typing import Optional
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "raster.cpp", CSRC / "ssim.cpp"]
+SOURCES = [CSRC / "raster.cpp", CSRC / "ssim.cpp", CSRC / "hexplane.cpp"]
 HEADERS = [CSRC / "pool.hpp"]
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
 # Tuned for the building CPU when the compiler allows it (~15% faster); the cache key includes
 # the CPU's identity so a library is never loaded on a machine it was not built for.
 NATIVE = ["-march=native"]
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -111,6 +112,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "record_size": ([I], I),
         "ssim": ([I64, I, I] + [P] * 3 + [I] + [P] * 4 + [I], None),
         "ssim_backward": ([I64, I, I] + [P] * 3 + [I] + [P] * 5 + [I], None),
+        "hexplane": ([I64, I64, I, I, P, I] + [P] * 5 + [I], None),
+        "hexplane_backward": ([I64, I64, I, I, P, I, P, P, I64] + [P] * 4 + [I], None),
     }
     for sfx in ("f32", "f64"):
         for name, (args, res) in signatures.items():
