@@ -38,7 +38,7 @@ from . import dsfd as dsfd_mod
 from .deformation import DeformationNet
 from .features import DinoEncoder, build_encoder
 from .init import init_points
-from .losses import composite, image_losses
+from .losses import composite, render_losses
 from .sampling import project, sample_maps, to_grid, visibility
 from .single_view import SingleViewPrior, SingleViewSettings
 from .tssf import TSSF
@@ -166,6 +166,13 @@ class StepTimer:
 
     def per_step_ms(self) -> dict[str, float]:
         return {k: 1000 * v / max(1, self.steps) for k, v in self.totals.items()}
+
+
+def _rows(x: Tensor, idx: list[int]) -> Tensor:
+    """``x[idx]``, as a view (no copy of the images) when ``idx`` is a run of consecutive rows."""
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+        return x[idx[0] : idx[0] + len(idx)]
+    return x[idx]
 
 
 def _psnr(a: Tensor, b: Tensor) -> float:
@@ -464,11 +471,10 @@ class Trainer:
         out = self.render_batch(d.means, d.quats, d.scales, self.data.viewmats, self.data.Ks)
         timer.lap("render forward")
         bg = torch.rand(3, device=self.device) if cfg.random_background else torch.ones(3, device=self.device)
-        pred = out.rgb + (1 - out.alpha) * bg
-        target = self.data.images[frames].reshape(len(frames) * V, self.H, self.W, 4)
+        target = _rows(self.data.images, frames).reshape(len(frames) * V, self.H, self.W, 4)
         weights = self.data.view_weights.repeat(len(frames))
-        losses = image_losses(pred, out.alpha, target, bg, weights, cfg.ssim_weight, cfg.mask_weight,
-                              pixel_weights=self._pixel_weights(frames))
+        losses = render_losses(out.rgb, out.alpha, target, bg, weights, cfg.ssim_weight, cfg.mask_weight,
+                               pixel_weights=self._pixel_weights(frames))
         loss = losses["total"]
         if len(frames) >= 2 and cfg.smooth_weight > 0:
             smooth = (d.d_means[0] - d.d_means[1]).pow(2).sum(-1).mean()
@@ -512,7 +518,8 @@ class Trainer:
         with torch.no_grad():
             inp = [i * V for i in range(len(frames))]
             ref = target[inp]
-            p = _psnr(pred[inp].clamp(0, 1), composite(ref[..., :3], ref[..., 3:], bg))
+            pred = out.rgb[inp].detach() + (1 - out.alpha[inp].detach()) * bg
+            p = _psnr(pred.clamp(0, 1), composite(ref[..., :3], ref[..., 3:], bg))
         timer.lap("stats")
         timer.steps += 1
         return StepStats(self.step_count, float(loss.detach()), p, self.gaussians.num_gaussians,

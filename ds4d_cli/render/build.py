@@ -1,6 +1,6 @@
 """Build and load the C++ CPU kernels as one plain shared library.
 
-``csrc/raster.cpp`` is the compositor, ``csrc/ssim.cpp`` the fit's fused SSIM loss,
+``csrc/raster.cpp`` is the compositor, ``csrc/ssim.cpp`` the fit's fused SSIM and image losses,
 ``csrc/hexplane.cpp`` the deformation's HexPlane field; all share the thread pool of
 ``csrc/pool.hpp``. The kernels have a C ABI and no torch headers, so one
 ``g++`` call builds them in a few seconds. The library is cached per source hash under
@@ -30,7 +30,7 @@ FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno",
 # Tuned for the building CPU when the compiler allows it (~15% faster); the cache key includes
 # the CPU's identity so a library is never loaded on a machine it was not built for.
 NATIVE = ["-march=native"]
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -113,6 +113,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ssim": ([I64, I, I] + [P] * 3 + [I] + [P] * 4 + [I], None),
         "ssim_backward": ([I64, I, I] + [P] * 3 + [I] + [P] * 5 + [I], None),
         "hexplane": ([I64, I64, I, I, P, I] + [P] * 5 + [I], None),
+        "render_losses": ([I64, I, I] + [P] * 6 + [I] + [P] * 8 + [I], None),
+        "render_losses_backward": ([I64, I, I] + [P] * 5 + [I] + [P] * 11 + [I], None),
         "hexplane_backward": ([I64, I64, I, I, P, I, P, P, I64] + [P] * 4 + [I], None),
     }
     for sfx in ("f32", "f64"):
