@@ -6,6 +6,10 @@ view's feature map bilinearly. Whether the Gaussian is actually seen there comes
 the canonical Gaussians: the point is visible if the rendered alpha at its pixel is high and its
 depth is not behind the rendered (expected) depth by more than a tolerance. Hidden or off-screen
 points get weight 0, so their features are zeros downstream (TSSF leaves them out).
+
+On the CPU the sampling and its backward run in the C++ kernel library
+(``render/csrc/sample.cpp``), equal to ``grid_sample`` (tests/test_sampling.py), which stays the
+path on CUDA, for gradients to the grid and without the library.
 """
 
 from __future__ import annotations
@@ -37,9 +41,58 @@ def sample_maps(maps: Tensor, grid: Tensor) -> Tensor:
     stride) are sampled at the same places. Off-image points read zeros.
     """
     b, v, c, h, w = maps.shape
+    lib = _kernel_for(maps, grid)
+    if lib is not None:
+        return _FusedSample.apply(maps, grid, lib).view(b, v, -1, c)
+    return sample_maps_torch(maps, grid)
+
+
+def sample_maps_torch(maps: Tensor, grid: Tensor) -> Tensor:
+    """:func:`sample_maps` with torch's ``grid_sample``."""
+    b, v, c, h, w = maps.shape
     g = grid.unsqueeze(0).expand(b, -1, -1, -1).reshape(b * v, 1, -1, 2)
     s = F.grid_sample(maps.reshape(b * v, c, h, w), g, mode="bilinear", padding_mode="zeros", align_corners=False)
     return s.view(b, v, c, -1).permute(0, 1, 3, 2)
+
+
+def _kernel_for(maps: Tensor, grid: Tensor):
+    """The loaded C++ library when the fused sampling applies, else None."""
+    if maps.device.type != "cpu" or maps.dtype not in (torch.float32, torch.float64) or grid.dtype != maps.dtype:
+        return None
+    if grid.requires_grad or grid.dim() != 3 or grid.shape[0] != maps.shape[1]:
+        return None
+    from ..render import build
+
+    return build.load()
+
+
+class _FusedSample(torch.autograd.Function):
+    """``sample_maps`` in the C++ library: [B, V, C, h, w] maps at [V, N, 2] -> [B*V, N, C]."""
+
+    @staticmethod
+    def forward(ctx, maps: Tensor, grid: Tensor, lib) -> Tensor:  # type: ignore[override]
+        from ..render.cpu import _sfx, kernel_threads
+
+        b, v, c, h, w = maps.shape
+        m, g = maps.detach().contiguous(), grid.detach().contiguous()
+        n = g.shape[1]
+        out = torch.empty(b * v, n, c, dtype=m.dtype)
+        sfx, nt = _sfx(m.dtype), kernel_threads()
+        getattr(lib, f"ds4d_sample_maps_{sfx}")(b * v, v, c, h, w, n, m.data_ptr(), g.data_ptr(), out.data_ptr(), nt)
+        ctx.save_for_backward(g)
+        ctx.meta = (lib, sfx, nt, tuple(maps.shape))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (g,) = ctx.saved_tensors
+        lib, sfx, nt, shape = ctx.meta
+        b, v, c, h, w = shape
+        go = grad.to(g.dtype).contiguous()
+        gm = torch.empty(shape, dtype=g.dtype)
+        getattr(lib, f"ds4d_sample_maps_backward_{sfx}")(b * v, v, c, h, w, g.shape[1], g.data_ptr(), go.data_ptr(),
+                                                         gm.data_ptr(), nt)
+        return gm, None, None
 
 
 @torch.no_grad()

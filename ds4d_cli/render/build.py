@@ -1,9 +1,9 @@
 """Build and load the C++ CPU kernels as one plain shared library.
 
-``csrc/raster.cpp`` is the compositor, ``csrc/ssim.cpp`` the fit's fused SSIM and image losses,
-``csrc/hexplane.cpp`` the deformation's HexPlane field; all share the thread pool of
-``csrc/pool.hpp``. The kernels have a C ABI and no torch headers, so one
-``g++`` call builds them in a few seconds. The library is cached per source hash under
+``csrc/raster.cpp`` is the compositor, ``csrc/ssim.cpp`` the fit's fused SSIM and image
+losses, ``csrc/hexplane.cpp`` the deformation's HexPlane field, ``csrc/sample.cpp`` the
+per-Gaussian feature sampling; all share the thread pool of ``csrc/pool.hpp``. The kernels have
+a C ABI and no torch headers, so one ``g++`` call builds them in a few seconds. The library is cached per source hash under
 ``$DS4D_CACHE_DIR`` (default ``~/.cache/ds4d``), written atomically so concurrent processes
 never load half a file. ``make setup`` runs ``python -m ds4d_cli.render.build``; otherwise the
 first CPU render builds it. Set ``DS4D_RENDER_EXT=0`` to force the pure-torch fallback.
@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Optional
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "raster.cpp", CSRC / "ssim.cpp", CSRC / "hexplane.cpp"]
+SOURCES = [CSRC / "raster.cpp", CSRC / "ssim.cpp", CSRC / "hexplane.cpp", CSRC / "sample.cpp"]
 HEADERS = [CSRC / "pool.hpp"]
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
 # Tuned for the building CPU when the compiler allows it (~15% faster); the cache key includes
 # the CPU's identity so a library is never loaded on a machine it was not built for.
 NATIVE = ["-march=native"]
-ABI_VERSION = 7
+ABI_VERSION = 8
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -113,6 +113,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ssim": ([I64, I, I] + [P] * 3 + [I] + [P] * 4 + [I], None),
         "ssim_backward": ([I64, I, I] + [P] * 3 + [I] + [P] * 5 + [I], None),
         "hexplane": ([I64, I64, I, I, P, I] + [P] * 5 + [I], None),
+        "sample_maps": ([I64, I, I, I, I, I64] + [P] * 3 + [I], None),
+        "sample_maps_backward": ([I64, I, I, I, I, I64] + [P] * 3 + [I], None),
         "render_losses": ([I64, I, I] + [P] * 6 + [I] + [P] * 8 + [I], None),
         "render_losses_backward": ([I64, I, I] + [P] * 5 + [I] + [P] * 11 + [I], None),
         "hexplane_backward": ([I64, I64, I, I, P, I, P, P, I64] + [P] * 4 + [I], None),
