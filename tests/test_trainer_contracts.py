@@ -128,3 +128,20 @@ def test_dsfd_dynamic_map_weighs_the_moving_pixels_and_the_ablation_drops_it(win
     assert float(w_in[still].mean()) < 1.2
     assert _trainer(windmill_dir, tmp_path / "abl", dynamic_weight=2.0, use_dsfd=False)._pixel_weights([0, 1]) is None
     assert _trainer(windmill_dir, tmp_path / "off", dynamic_weight=0.0)._pixel_weights([0, 1]) is None
+
+
+def test_views_per_step_renders_the_input_view_and_a_random_subset(windmill_dir, tmp_path):
+    tr = _trainer(windmill_dir, tmp_path / "vps", views_per_step=2)
+    V = tr.data.num_views
+    assert V == 3
+    seen = set()
+    for _ in range(12):
+        views, w = tr._pick_views()
+        assert views[0] == 0 and len(views) == 2 and len(set(views)) == 2
+        # the other's weight scaled so every view keeps its expected share of the loss
+        assert torch.allclose(w[1:], tr.data.view_weights[views[1:]] * (V - 1))
+        seen.update(views[1:])
+    assert seen == set(range(1, V))
+    stats = tr.step()
+    assert stats.num_gaussians > 0 and stats.psnr > 0
+    assert tr._pixel_weights([0, 1], [0, 2]).shape[0] == 4

@@ -125,6 +125,10 @@ class TrainConfig:
     static_fraction: float = 0.0  # share of the steps on the middle frame only, no deformation
     grow_fraction: float = 0.0  # share of the steps over which the window grows to the whole clip
     grow_velocity: bool = True  # a new frame's row: constant-velocity extrapolation (False: a copy)
+    # Cameras rendered per step: the input view and views_per_step - 1 of the others drawn at
+    # random (their loss weights scaled so that every view keeps its share in expectation);
+    # 0 = all views every step.
+    views_per_step: int = 0
     visibility_every: int = 100
     random_background: bool = True
     backend: str = "auto"
@@ -331,11 +335,14 @@ class Trainer:
         self._dyn_step = self.step_count
         return self._dyn
 
-    def _pixel_weights(self, frames: list[int]) -> Optional[Tensor]:
-        """[B*V, H, W, 1] loss weights 1 + dynamic_weight * (2 m).clamp(0, 1), or None."""
+    def _pixel_weights(self, frames: list[int], views: Optional[list[int]] = None) -> Optional[Tensor]:
+        """[B*V', H, W, 1] loss weights 1 + dynamic_weight * (2 m).clamp(0, 1) of ``views``, or None."""
         if not self.cfg.use_dsfd or self.cfg.dynamic_weight <= 0:
             return None
-        w = 1.0 + self.cfg.dynamic_weight * (2.0 * self.dynamic_map()).clamp(0, 1)
+        m = self.dynamic_map()
+        if views is not None and len(views) < m.shape[0]:
+            m = m[views]
+        w = 1.0 + self.cfg.dynamic_weight * (2.0 * m).clamp(0, 1)
         return w.repeat(len(frames), 1, 1, 1)
 
     def _reference(self) -> Tensor:
@@ -430,6 +437,18 @@ class Trainer:
             frames.append(self.rng.randrange(lo, hi + 1))
         return frames
 
+    def _pick_views(self) -> tuple[list[int], Tensor]:
+        """The step's views (the input view first) and their loss weights [V']."""
+        V, k = self.data.num_views, self.cfg.views_per_step
+        if k <= 0 or k >= V:
+            return list(range(V)), self.data.view_weights
+        if k == 1:
+            return [0], self.data.view_weights[:1]
+        views = [0] + sorted(self.rng.sample(range(1, V), k - 1))
+        w = self.data.view_weights[views].clone()
+        w[1:] *= (V - 1) / (k - 1)
+        return views, w
+
     def _canonical(self):
         """The canonical Gaussians as a one-frame 'deformation' (static stage)."""
         from .deformation import Deformed
@@ -467,14 +486,18 @@ class Trainer:
         self._update_lrs()
         frames = self._pick_frames()
         d = self._canonical() if self.in_static_stage else self.deformed(frames)
-        V = self.data.num_views
-        out = self.render_batch(d.means, d.quats, d.scales, self.data.viewmats, self.data.Ks)
+        views, view_w = self._pick_views()
+        V = len(views)
+        out = self.render_batch(d.means, d.quats, d.scales, self.data.viewmats[views], self.data.Ks[views])
         timer.lap("render forward")
         bg = torch.rand(3, device=self.device) if cfg.random_background else torch.ones(3, device=self.device)
-        target = _rows(self.data.images, frames).reshape(len(frames) * V, self.H, self.W, 4)
-        weights = self.data.view_weights.repeat(len(frames))
+        target = _rows(self.data.images, frames)
+        if V < self.data.num_views:
+            target = target[:, views]
+        target = target.reshape(len(frames) * V, self.H, self.W, 4)
+        weights = view_w.repeat(len(frames))
         losses = render_losses(out.rgb, out.alpha, target, bg, weights, cfg.ssim_weight, cfg.mask_weight,
-                               pixel_weights=self._pixel_weights(frames))
+                               pixel_weights=self._pixel_weights(frames, views))
         loss = losses["total"]
         if len(frames) >= 2 and cfg.smooth_weight > 0:
             smooth = (d.d_means[0] - d.d_means[1]).pow(2).sum(-1).mean()
