@@ -84,3 +84,55 @@ def test_forward_combines_the_views_with_exactly_its_weights():
         if mode != "mean":
             assert (w - w.mean(1, keepdim=True)).abs().max() > 0.05, mode
             assert (m(g, vis) - mean_fusion(g, vis)).abs().max() > 0.05, mode
+
+
+def _da_case(dtype, seed=0, B=2, V=5, N=300, C=6):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(B, V, N, C, generator=g, dtype=dtype)
+    vis = torch.rand(V, N, generator=g, dtype=dtype)
+    vis[:, :40] = (vis[:, :40] > 0.5).to(dtype)  # hard visibility: hidden views, hidden in the input view
+    vis[:, 40:50] = 0.0  # hidden everywhere
+    vis[1:, 50:60] = 1e-4  # visible in the input view only (the others below the mask threshold)
+    return feats.requires_grad_(True), vis
+
+
+def test_fused_da_equals_the_torch_fusion_and_its_gradients():
+    from ds4d_cli.render import build
+
+    if build.load() is None:
+        import pytest
+
+        pytest.skip("C++ kernel library not built")
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+        feats, vis = _da_case(dtype)
+        t = TSSF(feats.shape[1], "da").to(dtype)
+        with torch.no_grad():
+            t.log_tau.fill_(0.3)
+        assert t._kernel_for(feats, vis) is not None
+        ours, ref = t(feats, vis), t.forward_torch(feats, vis)
+        assert torch.allclose(ours, ref, atol=tol, rtol=0)
+        w = torch.randn(ours.shape, dtype=dtype)
+        g_ours = torch.autograd.grad((ours * w).sum(), [feats, t.log_tau])
+        g_ref = torch.autograd.grad((ref * w).sum(), [feats, t.log_tau])
+        for a, b in zip(g_ours, g_ref):
+            assert torch.allclose(a, b, atol=tol * max(1.0, float(b.abs().max())) * 10, rtol=tol * 10), (a - b).abs().max()
+
+
+def test_fused_da_gradcheck_in_double():
+    from ds4d_cli.render import build
+
+    if build.load() is None:
+        import pytest
+
+        pytest.skip("C++ kernel library not built")
+    feats, vis = _da_case(torch.float64, seed=1, B=1, V=3, N=12, C=4)
+    vis = vis.clamp(0.2, 1.0)  # soft visibility, away from the mask threshold
+    t = TSSF(3, "da").to(torch.float64)
+    log_tau = t.log_tau.detach().clone().requires_grad_(True)
+
+    def fused(f, lt):
+        from ds4d_cli.model.tssf import _FusedDA
+
+        return _FusedDA.apply(f, vis, lt, build.load())
+
+    assert torch.autograd.gradcheck(fused, (feats, log_tau), eps=1e-6, atol=1e-6)

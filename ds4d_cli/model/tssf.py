@@ -102,6 +102,53 @@ class TSSF(nn.Module):
 
     def forward(self, g: Tensor, vis: Tensor) -> Tensor:
         """sum_v w_v g_v, averaged with DA's anchor (the input view's feature) for ``da``."""
+        lib = self._kernel_for(g, vis)
+        if lib is not None:
+            return _FusedDA.apply(g, vis, self.log_tau, lib)
+        return self.forward_torch(g, vis)
+
+    def _kernel_for(self, g: Tensor, vis: Tensor):
+        """The loaded C++ library when the fused ``da`` path applies, else None."""
+        if self.mode != "da" or g.device.type != "cpu" or g.dtype not in (torch.float32, torch.float64):
+            return None
+        if vis.dim() != 2 or vis.requires_grad or g.dim() != 4 or g.shape[1] > 16 or g.shape[3] > 128:
+            return None
+        from ..render import build
+
+        return build.load()
+
+    def forward_torch(self, g: Tensor, vis: Tensor) -> Tensor:
+        """:meth:`forward` in plain torch (the definition the C++ kernel is tested against)."""
         w, anchor = self._weights(g, vis)
         fused = (w * g).sum(1)
         return fused if anchor is None else 0.5 * (anchor + fused)
+
+
+class _FusedDA(torch.autograd.Function):
+    """The ``da`` fusion in the C++ library (``render/csrc/tssf.cpp``): [B, V, N, C] -> [B, N, C]."""
+
+    @staticmethod
+    def forward(ctx, g: Tensor, vis: Tensor, log_tau: Tensor, lib) -> Tensor:  # type: ignore[override]
+        from ..render.cpu import _sfx, kernel_threads
+
+        gc, vc = g.detach().contiguous(), vis.detach().to(g.dtype).contiguous()
+        b, v, n, c = gc.shape
+        tau = float(log_tau.detach().exp())
+        out = torch.empty(b, n, c, dtype=gc.dtype)
+        sfx, nt = _sfx(gc.dtype), kernel_threads()
+        getattr(lib, f"ds4d_tssf_da_{sfx}")(b, v, n, c, gc.data_ptr(), vc.data_ptr(), tau, out.data_ptr(), nt)
+        ctx.save_for_backward(gc, vc)
+        ctx.meta = (lib, sfx, nt, tau, log_tau.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        gc, vc = ctx.saved_tensors
+        lib, sfx, nt, tau, tau_dtype = ctx.meta
+        b, v, n, c = gc.shape
+        go = grad.to(gc.dtype).contiguous()
+        gg = torch.empty_like(gc)
+        gt = torch.zeros(1, dtype=gc.dtype)
+        getattr(lib, f"ds4d_tssf_da_backward_{sfx}")(b, v, n, c, gc.data_ptr(), vc.data_ptr(), tau, go.data_ptr(),
+                                                     gg.data_ptr(), gt.data_ptr(), nt)
+        return gg, None, gt[0].to(tau_dtype), None

@@ -2,7 +2,8 @@
 
 ``csrc/raster.cpp`` is the compositor, ``csrc/ssim.cpp`` the fit's fused SSIM and image
 losses, ``csrc/hexplane.cpp`` the deformation's HexPlane field, ``csrc/sample.cpp`` the
-per-Gaussian feature sampling; all share the thread pool of ``csrc/pool.hpp``. The kernels have
+per-Gaussian feature sampling, ``csrc/tssf.cpp`` TSSF's distance-aware fusion; all share the
+thread pool of ``csrc/pool.hpp``. The kernels have
 a C ABI and no torch headers, so one ``g++`` call builds them in a few seconds. The library is cached per source hash under
 ``$DS4D_CACHE_DIR`` (default ``~/.cache/ds4d``), written atomically so concurrent processes
 never load half a file. ``make setup`` runs ``python -m ds4d_cli.render.build``; otherwise the
@@ -24,13 +25,13 @@ from pathlib import Path
 from typing import Optional
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "raster.cpp", CSRC / "ssim.cpp", CSRC / "hexplane.cpp", CSRC / "sample.cpp"]
+SOURCES = [CSRC / "raster.cpp", CSRC / "ssim.cpp", CSRC / "hexplane.cpp", CSRC / "sample.cpp", CSRC / "tssf.cpp"]
 HEADERS = [CSRC / "pool.hpp"]
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
 # Tuned for the building CPU when the compiler allows it (~15% faster); the cache key includes
 # the CPU's identity so a library is never loaded on a machine it was not built for.
 NATIVE = ["-march=native"]
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -115,6 +116,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "hexplane": ([I64, I64, I, I, P, I] + [P] * 5 + [I], None),
         "sample_maps": ([I64, I, I, I, I, I64] + [P] * 3 + [I], None),
         "sample_maps_backward": ([I64, I, I, I, I, I64] + [P] * 3 + [I], None),
+        "tssf_da": ([I64, I, I64, I, P, P, ctypes.c_double, P, I], None),
+        "tssf_da_backward": ([I64, I, I64, I, P, P, ctypes.c_double, P, P, P, I], None),
         "render_losses": ([I64, I, I] + [P] * 6 + [I] + [P] * 8 + [I], None),
         "render_losses_backward": ([I64, I, I] + [P] * 5 + [I] + [P] * 11 + [I], None),
         "hexplane_backward": ([I64, I64, I, I, P, I, P, P, I64] + [P] * 4 + [I], None),
