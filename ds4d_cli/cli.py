@@ -335,6 +335,9 @@ def fit(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     restart: bool = typer.Option(False, "--restart", help="Ignore checkpoints and start the fit over."),
     batch_frames: Optional[int] = typer.Option(None, "--batch-frames", help="Frames per step (default 2 on CPU, 4 on CUDA)."),
+    views_per_step: int = typer.Option(
+        0, "--views-per-step", help="Views rendered per step: the input view and N-1 others at random "
+        "(0 = all; with --batch-frames 4, 4 beat the default on the shared examples, README Experiments)."),
     lr: float = typer.Option(1.0, "--lr", help="Multiplier on every learning rate."),
     num_gaussians: Optional[int] = typer.Option(None, "--num-gaussians", help="Initial Gaussians (default 2000 on CPU, 20000 on CUDA)."),
     max_gaussians: Optional[int] = typer.Option(None, "--max-gaussians", help="Densification cap (default 5000 on CPU, 200000 on CUDA)."),
@@ -371,7 +374,8 @@ def fit(
     opts = _fit_options(
         device, steps=steps, resolution=resolution, no_dsfd=no_dsfd, no_tssf=no_tssf, fusion=fusion,
         encoder=str(encoder) if encoder else None, checkpoint_every=checkpoint_every, seed=seed, restart=restart,
-        batch_frames=batch_frames, lr=lr, num_gaussians=num_gaussians, max_gaussians=max_gaussians,
+        batch_frames=batch_frames, views_per_step=views_per_step, lr=lr, num_gaussians=num_gaussians,
+        max_gaussians=max_gaussians,
         input_weight=input_weight, view_weight=view_weight, ssim_weight=ssim_weight, mask_weight=mask_weight,
         smooth_weight=smooth_weight, dynamic_weight=dynamic_weight, densify=densify, densify_every=densify_every,
         opacity_reset_every=opacity_reset_every, preview_every=preview_every, log_every=log_every,

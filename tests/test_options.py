@@ -154,3 +154,13 @@ def test_batch_passes_each_stage_its_own_defaults(tmp_path: Path, monkeypatch: p
     assert seen["plan"] == StagePlan.from_options(PreprocessOptions(source=str(clip)), GenerateOptions(), FitOptions(),
                                                   [ExportOptions(format="ply"), ExportOptions(format="mp4")])
     assert seen["clips"] == [str(clip)] and seen["workers"] is None and seen["ray"] is False
+
+
+def test_views_per_step_reaches_the_trainer_and_a_negative_one_is_refused() -> None:
+    from ds4d_cli.errors import Ds4dError
+    from ds4d_cli.stages.fit import resolve_options, train_config
+
+    assert train_config(resolve_options(FitOptions(device="cpu", views_per_step=4))).views_per_step == 4
+    assert train_config(resolve_options(FitOptions(device="cpu"))).views_per_step == 0
+    with pytest.raises(Ds4dError, match="--views-per-step"):
+        resolve_options(FitOptions(device="cpu", views_per_step=-1))

@@ -66,6 +66,7 @@ class FitOptions:
     device: str = "auto"  # auto | cpu | cuda
     resolution: Optional[int] = None
     batch_frames: Optional[int] = None
+    views_per_step: int = 0  # 0 = every view each step; k = the input view and k-1 others at random
     lr: float = 1.0  # multiplier on every learning rate
     num_gaussians: Optional[int] = None
     max_gaussians: Optional[int] = None
@@ -117,6 +118,9 @@ def resolve_options(opts: FitOptions) -> FitOptions:
     pick = 1 if device == "cuda" else 0
     chosen = {k: getattr(opts, k) if getattr(opts, k) is not None else both[pick] for k, both in DEVICE_DEFAULTS.items()}
     r = replace(opts, device=device, fusion="mean" if opts.no_tssf else opts.fusion, **chosen)
+    if r.views_per_step < 0:
+        raise Ds4dError(f"--views-per-step must be 0 (every view) or more (got {r.views_per_step})",
+                        hint="e.g. --views-per-step 4: the input view and 3 others each step")
     if r.steps < 1:
         raise Ds4dError(f"--steps must be at least 1 (got {r.steps})", hint="e.g. --steps 1000")
     if not 16 <= r.resolution <= 2048:
@@ -128,7 +132,7 @@ def train_config(o: FitOptions):
     from ds4d_cli.model.trainer import TrainConfig
 
     return TrainConfig(
-        steps=o.steps, batch_frames=o.batch_frames, num_gaussians=o.num_gaussians, max_gaussians=o.max_gaussians,
+        steps=o.steps, batch_frames=o.batch_frames, views_per_step=o.views_per_step, num_gaussians=o.num_gaussians, max_gaussians=o.max_gaussians,
         lr=o.lr, ssim_weight=o.ssim_weight, mask_weight=o.mask_weight, smooth_weight=o.smooth_weight,
         dynamic_weight=o.dynamic_weight,
         densify=o.densify, densify_every=o.densify_every, densify_from=o.densify_every,
