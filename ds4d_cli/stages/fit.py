@@ -49,7 +49,7 @@ DEVICE_DEFAULTS: dict[str, tuple[int, int]] = {
     "steps": (1000, 5000),
     # training image side; never above the preprocessed frames' side unless asked (fit_resolution).
     # 256 on the CPU since the fused kernel: +0.8 dB input / +0.9 dB held-out over 128 px on the
-    # shared examples (README, "Experiments"), at about 0.45-0.8 s a step.
+    # shared examples (README, "Experiments"), at about 0.27 s a step (quiet machine).
     "resolution": (256, 256),
     "batch_frames": (2, 4),  # frames per step (all their views rendered at once)
     "num_gaussians": (2000, 20000),  # initial count
