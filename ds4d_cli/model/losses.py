@@ -45,24 +45,21 @@ def image_losses(
     Returns {"l1", "dssim", "mask", "total"} (scalars).
     """
     target = composite(target_rgba[..., :3], target_rgba[..., 3:], background)
-    wsum = weights.sum().clamp_min(1e-8)
     l1_px = (pred_rgb - target).abs()
     mask_px = (pred_alpha - target_rgba[..., 3:]).abs()
     if pixel_weights is not None:
         l1_px, mask_px = l1_px * pixel_weights, mask_px * pixel_weights
-    l1 = (l1_px.mean((1, 2, 3)) * weights).sum() / wsum
-    mask = (mask_px.mean((1, 2, 3)) * weights).sum() / wsum
     if ssim_weight > 0:
         s = ssim_per_image(pred_rgb.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2),
                            win_size=ssim_window(pred_rgb.shape[1], pred_rgb.shape[2]))
-        dssim = ((1 - s) * weights).sum() / wsum
-    else:
-        dssim = torch.zeros((), device=pred_rgb.device)
-    total = (1 - ssim_weight) * l1 + ssim_weight * dssim + mask_weight * mask
-    return {"l1": l1, "dssim": dssim, "mask": mask, "total": total}
+    else:  # D-SSIM 0
+        s = torch.ones(pred_rgb.shape[0], device=pred_rgb.device, dtype=pred_rgb.dtype)
+    per_image = {"l1": l1_px.mean((1, 2, 3)), "mask": mask_px.mean((1, 2, 3)), "ssim": s}
+    return _weighted(per_image, weights, ssim_weight, mask_weight)
 
 
 def _weighted(per_image: dict[str, Tensor], weights: Tensor, ssim_weight: float, mask_weight: float) -> dict[str, Tensor]:
+    """The camera-weighted means of per-image ``l1``, ``mask``, ``ssim`` [C] and their total."""
     wsum = weights.sum().clamp_min(1e-8)
     l1 = (per_image["l1"] * weights).sum() / wsum
     mask = (per_image["mask"] * weights).sum() / wsum

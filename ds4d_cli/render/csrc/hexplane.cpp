@@ -102,6 +102,16 @@ struct TimeAt {
     }
 };
 
+// The three space samples s[k] of a point at one level and their product S; where they were taken.
+template <typename T>
+inline SpaceAt<T> sample_space(const T* planes, const T* pn, int r, int C, const int64_t* off,
+                               T (*s)[kMaxChannels], T* S) {
+    SpaceAt<T> sp(pn, r, C, off);
+    for (int k = 0; k < 3; ++k) sample(planes, sp.k[k], C, sp.wx[k], sp.wy[k], s[k]);
+    for (int c = 0; c < C; ++c) S[c] = s[0][c] * s[1][c] * s[2][c];
+    return sp;
+}
+
 template <typename T>
 void forward(int64_t N, int64_t B, int C, int L, const int* res, int Tn, const T* planes,
              const int64_t* offsets, const T* p, const T* tt, T* out, int nt) {
@@ -115,9 +125,7 @@ void forward(int64_t N, int64_t B, int C, int L, const int* res, int Tn, const T
             const T* pn = p + 3 * n;
             for (int l = 0; l < L; ++l) {
                 const int64_t* off = offsets + 6 * l;
-                SpaceAt<T> sp(pn, res[l], C, off);
-                for (int k = 0; k < 3; ++k) sample(planes, sp.k[k], C, sp.wx[k], sp.wy[k], s[k]);
-                for (int c = 0; c < C; ++c) S[c] = s[0][c] * s[1][c] * s[2][c];
+                const SpaceAt<T> sp = sample_space(planes, pn, res[l], C, off, s, S);
                 for (int64_t b = 0; b < B; ++b) {
                     TimeAt<T> tm(pn, ty0[b], twy[b], res[l], C, off);
                     for (int k = 0; k < 3; ++k) sample(planes, tm.k[k], C, tm.wx[k], tm.wy, tau[k]);
@@ -156,9 +164,7 @@ void backward(int64_t N, int64_t B, int C, int L, const int* res, int Tn, const 
             const T* pn = p + 3 * n;
             for (int l = 0; l < L; ++l) {
                 const int64_t* off = offsets + 6 * l;
-                SpaceAt<T> sp(pn, res[l], C, off);
-                for (int k = 0; k < 3; ++k) sample(planes, sp.k[k], C, sp.wx[k], sp.wy[k], s[k]);
-                for (int c = 0; c < C; ++c) S[c] = s[0][c] * s[1][c] * s[2][c];
+                const SpaceAt<T> sp = sample_space(planes, pn, res[l], C, off, s, S);
                 for (int c = 0; c < C; ++c) G[c] = 0;
                 for (int64_t b = 0; b < B; ++b) {
                     TimeAt<T> tm(pn, ty0[b], twy[b], res[l], C, off);
