@@ -11,7 +11,8 @@ One step:
      joint encoder, the batch's fresh features are written back each step (and the whole bank
      re-encoded every ``ref_refresh_every`` steps) so R follows the encoder smoothly;
   5. TSSF over the V views -> fused per-Gaussian feature; HexPlane + MLP -> deformation;
-  6. ONE batched render of all B x V (frame, view) pairs; weighted RGB/D-SSIM/mask losses;
+  6. ONE batched render of all B x V (frame, view) pairs (or of the input view and
+     ``views_per_step`` - 1 random others); weighted RGB/D-SSIM/mask losses, fused on the CPU;
   7. backward, gsplat DefaultStrategy densify/prune, optimiser steps, our own opacity reset
      (gsplat 1.5.3's never fires).
 """
