@@ -13,8 +13,10 @@ For each case (windmill, flapper and their ``_noisy`` copies, from ``../shared/e
    ``--prior none``) -- always against the clean ground truth.
 
 It prints one table (input / held-out PSNR, SSIM, moving-pixel PSNR, silhouette IoU, fit seconds)
-plus the "frozen ground truth" reference (each view's middle ground-truth frame shown at every
-time: perfect shape, no motion), and writes every figure to a JSON file.
+plus two references: the "frozen ground truth" (each view's middle ground-truth frame shown at
+every time: perfect shape, no motion) and "static" (frames 2, 8, 14 and 20 each fitted alone from
+the same views, ``bench/static_frames.py``: no motion to learn, so the most those views allow a
+novel view -- the ceiling that motion alone cannot lift), and writes every figure to a JSON file.
 
     python bench/quality.py                         # everything (hours on 2 cores)
     python bench/quality.py --cases windmill,flapper --variants full --seeds 0
@@ -44,7 +46,8 @@ ZPP = ["zpp_az030_elp30", "zpp_az090_elm20", "zpp_az150_elp30", "zpp_az210_elm20
 HO = ["ho_az060_elp10", "ho_az180_elp00", "ho_az120_elm10", "ho_az240_elp15", "ho_az300_elp00", "ho_az000_elp45"]
 STANDARD = ["az090", "az180", "az270", "az045_el30"]
 CASES = ["windmill", "flapper", "windmill_noisy", "flapper_noisy"]
-VARIANTS = {"full": [], "plain": ["--no-dsfd", "--no-tssf"], "none": []}
+VARIANTS = {"full": [], "plain": ["--no-dsfd", "--no-tssf"], "none": [], "static": []}
+STATIC_FRAMES = "2,8,14,20"  # the frames the "static" reference fits, one at a time
 
 
 def _ds4d() -> str:
@@ -96,6 +99,13 @@ def fit_case(work: Path, case: str, variant: str, seed: int, fit_args: list[str]
     else:
         _run(["-w", str(ws), "generate", "--prior", "import", str(EXAMPLES / case), "--views", ",".join(ZPP)], log)
         views = ["input", *HO]
+    if variant == "static":  # each of a few frames fitted alone: what the views allow without motion
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, str(REPO / "bench" / "static_frames.py"), str(ws), "--gt", str(gt),
+                              "--frames", STATIC_FRAMES, "--seed", str(seed)],
+                             check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+        fig = json.loads(out.stdout.strip().splitlines()[-1])
+        return {**fig, "fit_s": (time.perf_counter() - start) / len(fig["frames"])}
     fit_s = _run(["-w", str(ws), "fit", "--seed", str(seed), *VARIANTS[variant], *fit_args], log)
     out = subprocess.run([_ds4d(), "--quiet", "-w", str(ws), "eval", "--gt", str(gt), "--views", ",".join(views),
                           "--json"], check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, **ENV})
@@ -237,7 +247,9 @@ def targets(results: list[dict[str, Any]]) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--variants", default="full,plain,none", help="full, plain (--no-dsfd --no-tssf), none (--prior none)")
+    ap.add_argument("--variants", default="full,plain,none,static",
+                    help="full, plain (--no-dsfd --no-tssf), none (--prior none), static (frames "
+                         f"{STATIC_FRAMES} each fitted alone: no motion to learn; seed 0 only)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--fit-args", default="", help="extra flags for every fit, e.g. '--steps 300'")
     ap.add_argument("--jobs", type=int, default=1,
@@ -259,7 +271,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for case in cases:
         results.append({"case": case, "variant": "frozen GT", **frozen_reference(case)})
     runs = [(case, variant, seed) for case in cases for variant in variants for seed in seeds
-            if not (variant == "none" and case.endswith("_noisy"))]  # no prior views: same as clean
+            if not (variant == "none" and case.endswith("_noisy"))  # no prior views: same as clean
+            and not (variant == "static" and seed != seeds[0])]  # a reference: one seed
     if args.jobs > 1:
         ENV["DS4D_RENDER_THREADS"] = "1"
     for case in cases:
