@@ -183,7 +183,10 @@ def _cuda_vs_cpu(params, vm, K, W, H, bg, tol: float = 2e-6, grad_tol: float = 1
     for name in ("rgb", "alpha", "depth"):
         a, b = getattr(out, name), getattr(ref, name)
         assert a.shape == b.shape and a.dtype == b.dtype, name
-        assert (a - b).abs().max() < tol, f"{name} differs by {(a - b).abs().max()}"
+        # float32 depths of a few units: a tolerance relative to their size (a kernel built with other
+        # SIMD instructions, e.g. AVX-512's FMA, rounds the last bit differently)
+        scale = max(1.0, float(b.abs().max()))
+        assert (a - b).abs().max() < tol * scale, f"{name} differs by {(a - b).abs().max()}"
     assert out.info.keys() == ref.info.keys()
     for key in ref.info:
         a, b = out.info[key], ref.info[key]
