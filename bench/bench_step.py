@@ -53,6 +53,7 @@ def render_only_seconds(trainer, repeats: int = 10) -> float:
     import torch
 
     frames = trainer._pick_frames()
+    views, _ = trainer._pick_views()
     with torch.no_grad():
         d = trainer._canonical() if trainer.in_static_stage else trainer.deformed(frames)
     means = d.means.detach().requires_grad_(True)
@@ -61,7 +62,7 @@ def render_only_seconds(trainer, repeats: int = 10) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = trainer.render_batch(means, quats, scales, trainer.data.viewmats, trainer.data.Ks)
+        out = trainer.render_batch(means, quats, scales, trainer.data.viewmats[views], trainer.data.Ks[views])
         (out.rgb.sum() + out.alpha.sum()).backward()
         times.append(time.perf_counter() - t0)
         for p in (means, quats, scales, *trainer.gaussians.params.values()):
@@ -86,7 +87,7 @@ def measure(case: str = "windmill", steps: int = 40) -> dict[str, Any]:
         parts = trainer.timer.per_step_ms()
         renders = render_only_seconds(trainer)
         return {"case": case, "step_s": step_s, "render_fb_s": renders, "ratio": step_s / renders, "parts_ms": parts,
-                "gaussians": trainer.gaussians.num_gaussians, "cameras": trainer.cfg.batch_frames * trainer.data.num_views,
+                "gaussians": trainer.gaussians.num_gaussians, "cameras": trainer.cfg.batch_frames * len(trainer._pick_views()[0]),
                 "resolution": opts.resolution}
 
 

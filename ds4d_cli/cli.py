@@ -217,7 +217,7 @@ _VIEWS = typer.Option(
 _DEVICE = typer.Option(Device.auto, "--device", help="auto uses CUDA when available.")
 
 # fit (FitOptions; the numbers quoted for CPU/CUDA are fit.DEVICE_DEFAULTS)
-_STEPS = typer.Option(None, "--steps", help="Optimisation steps (default 1000 on CPU, 5000 on CUDA).")
+_STEPS = typer.Option(None, "--steps", help="Optimisation steps (default 1500 on CPU, 5000 on CUDA).")
 _RES = typer.Option(None, "--resolution", help="Training resolution in pixels (default 256 on CPU, 256 on CUDA; at most the preprocessed frames' side).")
 _NO_DSFD = typer.Option(False, "--no-dsfd", help="Ablation: feed the frame feature straight to the head.")
 _NO_TSSF = typer.Option(False, "--no-tssf", help="Ablation: plain mean over views instead of similarity fusion.")
@@ -334,10 +334,10 @@ def fit(
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     restart: bool = typer.Option(False, "--restart", help="Ignore checkpoints and start the fit over."),
-    batch_frames: Optional[int] = typer.Option(None, "--batch-frames", help="Frames per step (default 2 on CPU, 4 on CUDA)."),
-    views_per_step: int = typer.Option(
-        0, "--views-per-step", help="Views rendered per step: the input view and N-1 others at random "
-        "(0 = all; with --batch-frames 4, 4 beat the default on the shared examples, README Experiments)."),
+    batch_frames: Optional[int] = typer.Option(None, "--batch-frames", help="Frames per step (default 4 on CPU, 4 on CUDA)."),
+    views_per_step: Optional[int] = typer.Option(
+        None, "--views-per-step", help="Views rendered per step: the input view and N-1 others at random "
+        "(0 = all; default 4 on CPU, 0 on CUDA: every view)."),
     lr: float = typer.Option(1.0, "--lr", help="Multiplier on every learning rate."),
     num_gaussians: Optional[int] = typer.Option(None, "--num-gaussians", help="Initial Gaussians (default 2000 on CPU, 20000 on CUDA)."),
     max_gaussians: Optional[int] = typer.Option(None, "--max-gaussians", help="Densification cap (default 5000 on CPU, 200000 on CUDA)."),

@@ -350,7 +350,7 @@ def test_stage_refuses_missing_encoder_and_bad_options(tmp_path, windmill_dir):
     with pytest.raises(Ds4dError, match="steps"):
         resolve_options(FitOptions(steps=0))
     o = resolve_options(FitOptions(device="cpu"))
-    assert (o.steps, o.resolution, o.batch_frames, o.num_gaussians) == (1000, 256, 2, 2000)
+    assert (o.steps, o.resolution, o.batch_frames, o.views_per_step, o.num_gaussians) == (1500, 256, 4, 4, 2000)
     assert all(getattr(o, k) == cpu for k, (cpu, _) in DEVICE_DEFAULTS.items())
     # the default resolution never upsamples the frames (here 32 px); a resolution asked for is kept
     assert fit.fit_resolution(ws, FitOptions(device="cpu")).resolution == 32

@@ -161,6 +161,7 @@ def test_views_per_step_reaches_the_trainer_and_a_negative_one_is_refused() -> N
     from ds4d_cli.stages.fit import resolve_options, train_config
 
     assert train_config(resolve_options(FitOptions(device="cpu", views_per_step=4))).views_per_step == 4
-    assert train_config(resolve_options(FitOptions(device="cpu"))).views_per_step == 0
+    assert train_config(resolve_options(FitOptions(device="cpu", views_per_step=0))).views_per_step == 0
+    assert train_config(resolve_options(FitOptions(device="cpu"))).views_per_step == 4  # the CPU default
     with pytest.raises(Ds4dError, match="--views-per-step"):
         resolve_options(FitOptions(device="cpu", views_per_step=-1))
