@@ -87,7 +87,7 @@ def measure(case: str = "windmill", steps: int = 40) -> dict[str, Any]:
         parts = trainer.timer.per_step_ms()
         renders = render_only_seconds(trainer)
         return {"case": case, "step_s": step_s, "render_fb_s": renders, "ratio": step_s / renders, "parts_ms": parts,
-                "gaussians": trainer.gaussians.num_gaussians, "cameras": trainer.cfg.batch_frames * len(trainer._pick_views()[0]),
+                "gaussians": trainer.gaussians.num_gaussians, "cameras": trainer.cfg.batch_frames * trainer.views_per_step,
                 "resolution": opts.resolution}
 
 

@@ -133,7 +133,7 @@ def test_dsfd_dynamic_map_weighs_the_moving_pixels_and_the_ablation_drops_it(win
 def test_views_per_step_renders_the_input_view_and_a_random_subset(windmill_dir, tmp_path):
     tr = _trainer(windmill_dir, tmp_path / "vps", views_per_step=2)
     V = tr.data.num_views
-    assert V == 3
+    assert V == 3 and tr.views_per_step == 2
     seen = set()
     for _ in range(12):
         views, w = tr._pick_views()
@@ -145,3 +145,7 @@ def test_views_per_step_renders_the_input_view_and_a_random_subset(windmill_dir,
     stats = tr.step()
     assert stats.num_gaussians > 0 and stats.psnr > 0
     assert tr._pixel_weights([0, 1], [0, 2]).shape[0] == 4
+    for k in (0, V, V + 3):  # 0 or more than there are: every view, with the weights as given
+        tr.cfg.views_per_step = k
+        views, w = tr._pick_views()
+        assert tr.views_per_step == V and views == list(range(V)) and torch.equal(w, tr.data.view_weights)

@@ -438,10 +438,16 @@ class Trainer:
             frames.append(self.rng.randrange(lo, hi + 1))
         return frames
 
+    @property
+    def views_per_step(self) -> int:
+        """How many views a step renders (``cfg.views_per_step`` 0, or more than there are: all)."""
+        V, k = self.data.num_views, self.cfg.views_per_step
+        return V if k <= 0 or k >= V else k
+
     def _pick_views(self) -> tuple[list[int], Tensor]:
         """The step's views (the input view first) and their loss weights [V']."""
-        V, k = self.data.num_views, self.cfg.views_per_step
-        if k <= 0 or k >= V:
+        V, k = self.data.num_views, self.views_per_step
+        if k == V:
             return list(range(V)), self.data.view_weights
         if k == 1:
             return [0], self.data.view_weights[:1]

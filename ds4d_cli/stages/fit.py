@@ -331,12 +331,6 @@ def _resume(trainer, store: Checkpoints, key: str, device: str) -> int:
     return trainer.step_count
 
 
-def _views_per_step(opts: FitOptions, views: int) -> int:
-    """How many of the ``views`` a step renders (0 or more than there are = all)."""
-    k = int(opts.views_per_step or 0)
-    return views if k <= 0 or k >= views else k
-
-
 def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path, backbone: Any) -> dict[str, Any]:
     from ds4d_cli.model.trainer import Trainer
 
@@ -349,7 +343,7 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path, backbone: An
     ran = _ran(trainer)
     info(
         f"fit: {T} frames x {V} views at {opts.resolution}px on {opts.device}; {opts.steps} steps, "
-        f"{opts.batch_frames} frames x {_views_per_step(opts, V)} views/step, {opts.num_gaussians} initial Gaussians "
+        f"{opts.batch_frames} frames x {trainer.views_per_step} views/step, {opts.num_gaussians} initial Gaussians "
         f"(max {opts.max_gaussians}); "
         f"DSFD {'on' if ran['ablations']['dsfd'] else 'off'}, TSSF {ran['ablations']['fusion']}, encoder {ran['encoder']}"
     )
