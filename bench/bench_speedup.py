@@ -67,7 +67,7 @@ def main() -> int:
     ap.add_argument("--case", default="windmill")
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
-    from bench_step import ZPP
+    from example_views import ZPP
 
     sys.path.insert(0, str(REPO / "tests"))
     from fit_workspace import build_workspace

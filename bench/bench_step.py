@@ -26,9 +26,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
-ZPP = ["zpp_az030_elp30", "zpp_az090_elm20", "zpp_az150_elp30", "zpp_az210_elm20", "zpp_az270_elp30",
-       "zpp_az330_elm20"]
+from example_views import ZPP  # noqa: E402
 
 
 def build_trainer(case: str, work: Path):

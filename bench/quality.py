@@ -40,14 +40,13 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from example_views import HO, STANDARD, ZPP  # noqa: E402
+from static_frames import FRAMES as STATIC_FRAMES  # noqa: E402
+
 EXAMPLES = REPO.parent / "shared" / "examples"
-ZPP = ["zpp_az030_elp30", "zpp_az090_elm20", "zpp_az150_elp30", "zpp_az210_elm20", "zpp_az270_elp30",
-       "zpp_az330_elm20"]
-HO = ["ho_az060_elp10", "ho_az180_elp00", "ho_az120_elm10", "ho_az240_elp15", "ho_az300_elp00", "ho_az000_elp45"]
-STANDARD = ["az090", "az180", "az270", "az045_el30"]
 CASES = ["windmill", "flapper", "windmill_noisy", "flapper_noisy"]
 VARIANTS = {"full": [], "plain": ["--no-dsfd", "--no-tssf"], "none": [], "static": []}
-STATIC_FRAMES = "2,8,14,20"  # the frames the "static" reference fits, one at a time
 
 
 def _ds4d() -> str:
@@ -102,7 +101,7 @@ def fit_case(work: Path, case: str, variant: str, seed: int, fit_args: list[str]
     if variant == "static":  # each of a few frames fitted alone: what the views allow without motion
         start = time.perf_counter()
         out = subprocess.run([sys.executable, str(REPO / "bench" / "static_frames.py"), str(ws), "--gt", str(gt),
-                              "--frames", STATIC_FRAMES, "--seed", str(seed)],
+                              "--frames", STATIC_FRAMES, "--seed", str(seed), "--views", ",".join(HO)],
                              check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, **ENV})
         fig = json.loads(out.stdout.strip().splitlines()[-1])
         return {**fig, "fit_s": (time.perf_counter() - start) / len(fig["frames"])}

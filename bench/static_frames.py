@@ -28,8 +28,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from example_views import HO  # noqa: E402
 
-HO = ["ho_az060_elp10", "ho_az180_elp00", "ho_az120_elm10", "ho_az240_elp15", "ho_az300_elp00", "ho_az000_elp45"]
+FRAMES = "2,8,14,20"  # spread over a 24-frame clip, away from its ends
 
 
 def fit_frame(ws: Any, frame: int, seed: int = 0) -> Any:
@@ -67,8 +69,9 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
             "held_ssim": held["ssim"], "held_moving": held["moving"]}
 
 
-def static_reference(ws_path: Path, gt: Path, frames: list[int], seed: int = 0) -> dict[str, Any]:
-    """Every chosen frame fitted alone and scored on the input view and the held-out ring."""
+def static_reference(ws_path: Path, gt: Path, frames: list[int], seed: int = 0,
+                     held_out: Optional[list[str]] = None) -> dict[str, Any]:
+    """Every chosen frame fitted alone and scored on the input view and ``held_out`` (the ring)."""
     import torch
 
     from ds4d_cli.stages.evaluate import load_gt, evaluate_model, object_sphere
@@ -76,7 +79,7 @@ def static_reference(ws_path: Path, gt: Path, frames: list[int], seed: int = 0) 
 
     torch.set_num_threads(1)  # as the fit stage runs on the CPU
     ws = Workspace(ws_path)
-    views, times = load_gt(gt, ["input", *HO])
+    views, times = load_gt(gt, ["input", *(held_out or HO)])
     sphere = object_sphere(load_gt(gt, None)[0])
     results = []
     for k in frames:
@@ -89,11 +92,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workspace")
     ap.add_argument("--gt", required=True, help="the clean case folder (cameras.json, gt/<view>/, input/)")
-    ap.add_argument("--frames", default="2,8,14,20")
+    ap.add_argument("--frames", default=FRAMES)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--views", default=",".join(HO), help="held-out views to score (default the ho_* ring)")
     args = ap.parse_args(argv)
     frames = [int(f) for f in args.frames.split(",") if f]
-    print(json.dumps(static_reference(Path(args.workspace), Path(args.gt), frames, args.seed)))
+    held_out = [v for v in args.views.split(",") if v]
+    print(json.dumps(static_reference(Path(args.workspace), Path(args.gt), frames, args.seed, held_out)))
     return 0
 
 
