@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,16 +33,14 @@ from example_views import HO  # noqa: E402
 FRAMES = "2,8,14,20"  # spread over a 24-frame clip, away from its ends
 
 
-def fit_frame(ws: Any, frame: int, seed: int = 0) -> Any:
-    """A FittedModel of one frame of ``ws``, fitted alone at the fit stage's defaults."""
+def fit_frame(data: Any, opts: Any, frame: int, seed: int = 0) -> Any:
+    """A FittedModel of one frame of the fit ``data``, fitted alone with the resolved fit ``opts``."""
     import torch
 
     from ds4d_cli.fitted import FittedModel
     from ds4d_cli.model.trainer import FitData, Trainer
-    from ds4d_cli.stages.fit import FitOptions, fit_resolution, load_fit_data, resolve_options, train_config
+    from ds4d_cli.stages.fit import train_config
 
-    opts = resolve_options(fit_resolution(ws, FitOptions(seed=seed, device="cpu")))
-    data, _ = load_fit_data(ws, opts)
     one = FitData(data.images[frame : frame + 1], data.viewmats, data.Ks, data.frame_times[frame : frame + 1],
                   data.view_weights)
     torch.manual_seed(seed)
@@ -75,15 +72,18 @@ def static_reference(ws_path: Path, gt: Path, frames: list[int], seed: int = 0,
     import torch
 
     from ds4d_cli.stages.evaluate import load_gt, evaluate_model, object_sphere
+    from ds4d_cli.stages.fit import FitOptions, fit_resolution, load_fit_data, resolve_options
     from ds4d_cli.workspace import Workspace
 
     torch.set_num_threads(1)  # as the fit stage runs on the CPU
     ws = Workspace(ws_path)
+    opts = resolve_options(fit_resolution(ws, FitOptions(seed=seed, device="cpu")))
+    data, _ = load_fit_data(ws, opts)  # once: every frame is a slice of it
     views, times = load_gt(gt, ["input", *(held_out or HO)])
     sphere = object_sphere(load_gt(gt, None)[0])
     results = []
     for k in frames:
-        model = fit_frame(ws, k, seed)
+        model = fit_frame(data, opts, k, seed)
         results.append(evaluate_model(model, views, times, (1.0, 1.0, 1.0), {"input"}, sphere))
     return {**pooled(results), "frames": frames}
 

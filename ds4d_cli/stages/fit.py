@@ -48,7 +48,7 @@ VERSION = 3  # 2: Gaussians outside the input view are pruned; 3: the single-vie
 DEVICE_DEFAULTS: dict[str, tuple[int, int]] = {
     # CPU: 1500 steps of 4 frames x 4 views (README, "Experiments": against 1000 steps of 2 frames x
     # every view, held-out +1.0 / +0.7 dB and its moving pixels +1.8 / +0.7 dB on windmill /
-    # flapper; about 1.4x the step time)
+    # flapper; the step about 1.6x the old one: 232 vs 149 ms on a quiet 2-core Xeon)
     "steps": (1500, 5000),
     # training image side; never above the preprocessed frames' side unless asked (fit_resolution).
     # 256 on the CPU since the fused kernel: +0.8 dB input / +0.9 dB held-out over 128 px on the
