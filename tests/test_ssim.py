@@ -138,3 +138,37 @@ def test_fused_render_losses_float32_and_gradcheck():
         return render_losses(r, a, target, bg, torch.tensor([1.0, 2.0], dtype=torch.float64), 0.2, 1.0, pw)["total"]
 
     assert torch.autograd.gradcheck(total, (rgb, alpha), eps=1e-7, atol=1e-6)
+
+
+def test_render_losses_read_the_composited_features_in_place():
+    """The render's [C,H,W,4] (rgb + depth) gives the losses and rgb gradients of its rgb slice;
+    the depth channel gets none. A fit step passes ``RenderOutput.features`` this way."""
+    from ds4d_cli.model.losses import render_losses
+    from ds4d_cli.render import render
+
+    rgb, alpha, target, bg, pw = _render_batch(2, 40, 37, torch.float64, seed=4)
+    depth = torch.rand(2, 40, 37, 1, dtype=torch.float64)
+    feats = torch.cat([rgb.detach(), depth], -1).requires_grad_(True)
+    w = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    whole = render_losses(feats, alpha, target, bg, w, 0.2, 1.0, pw)
+    sliced = render_losses(feats[..., :3], alpha, target, bg, w, 0.2, 1.0, pw)
+    for k in ("l1", "dssim", "mask", "total"):
+        assert torch.equal(whole[k], sliced[k]), k
+    g_whole = torch.autograd.grad(whole["total"], feats)[0]
+    g_sliced = torch.autograd.grad(sliced["total"], feats)[0]
+    assert torch.equal(g_whole, g_sliced)
+    assert float(g_whole[..., 3].abs().max()) == 0.0 and float(g_whole[..., :3].abs().max()) > 0
+
+    # the CPU kernel's render exposes that tensor, and its rgb and depth are views of it
+    n = 50
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(n, 3, generator=g) * 0.3
+    quats = torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4)
+    scales = torch.full((n, 3), 0.05)
+    vm = torch.eye(4)[None].clone()
+    vm[0, 2, 3] = 3.0
+    K = torch.tensor([[[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]]])
+    out = render(means, quats, scales, torch.full((n,), 0.8), torch.rand(n, 3, generator=g), vm, K, 32, 32,
+                 backend="cpu")
+    if out.features is not None:  # the C++ kernel is built
+        assert torch.equal(out.features[..., :3], out.rgb) and torch.equal(out.features[..., 3:], out.depth)

@@ -74,7 +74,7 @@ class _FusedRenderLosses(torch.autograd.Function):
                 lib, n_threads: int, win_size: int):  # type: ignore[override]
         from ..render.cpu import _sfx
 
-        C, H, W, _ = rgb.shape
+        C, H, W, rs = rgb.shape
         dt, sfx = rgb.dtype, _sfx(rgb.dtype)
         r, a = rgb.detach().contiguous(), alpha.detach().contiguous()
         t, bg = target.detach().to(dt).contiguous(), background.detach().to(dt).reshape(3).contiguous()
@@ -86,25 +86,25 @@ class _FusedRenderLosses(torch.autograd.Function):
         getattr(lib, f"ds4d_render_losses_{sfx}")(
             C, H, W, r.data_ptr(), a.data_ptr(), t.data_ptr(), bg.data_ptr(), 0 if pw is None else pw.data_ptr(),
             win.data_ptr(), win_size, l1.data_ptr(), mask.data_ptr(), ssim.data_ptr(), xs.data_ptr(), ys.data_ptr(),
-            maps[0].data_ptr(), maps[1].data_ptr(), maps[2].data_ptr(), n_threads,
+            maps[0].data_ptr(), maps[1].data_ptr(), maps[2].data_ptr(), rs, n_threads,
         )
         ctx.keep = (a, t, bg, pw, win, xs, ys, maps)
-        ctx.meta = (lib, n_threads, sfx, win_size)
+        ctx.meta = (lib, n_threads, sfx, win_size, rs)
         return l1, mask, ssim
 
     @staticmethod
     def backward(ctx, g_l1: Tensor, g_mask: Tensor, g_ssim: Tensor):  # type: ignore[override]
         a, t, bg, pw, win, xs, ys, maps = ctx.keep
-        lib, n_threads, sfx, win_size = ctx.meta
+        lib, n_threads, sfx, win_size, rs = ctx.meta
         C, H, W = a.shape[:3]
         gs = [torch.zeros(C, dtype=a.dtype) if g is None else g.to(a.dtype).contiguous() for g in (g_l1, g_mask, g_ssim)]
-        grad_rgb, grad_alpha = torch.empty(C, H, W, 3, dtype=a.dtype), torch.empty(C, H, W, 1, dtype=a.dtype)
+        grad_rgb, grad_alpha = torch.empty(C, H, W, rs, dtype=a.dtype), torch.empty(C, H, W, 1, dtype=a.dtype)
         scratch = torch.empty(C, 3, H, W, dtype=a.dtype)
         getattr(lib, f"ds4d_render_losses_backward_{sfx}")(
             C, H, W, a.data_ptr(), t.data_ptr(), bg.data_ptr(), 0 if pw is None else pw.data_ptr(), win.data_ptr(),
             win_size, xs.data_ptr(), ys.data_ptr(), maps[0].data_ptr(), maps[1].data_ptr(), maps[2].data_ptr(),
             gs[0].data_ptr(), gs[1].data_ptr(), gs[2].data_ptr(), grad_rgb.data_ptr(), grad_alpha.data_ptr(),
-            scratch.data_ptr(), n_threads,
+            scratch.data_ptr(), rs, n_threads,
         )
         return grad_rgb, grad_alpha, None, None, None, None, None, None
 
@@ -113,7 +113,7 @@ def _loss_kernel(rgb: Tensor, alpha: Tensor, target: Tensor, win_size: int, ssim
     """The loaded library when the fused path applies to these inputs, else None."""
     if rgb.device.type != "cpu" or rgb.dtype not in (torch.float32, torch.float64) or alpha.dtype != rgb.dtype:
         return None
-    if ssim_weight <= 0 or rgb.dim() != 4 or rgb.shape[-1] != 3 or min(rgb.shape[1:3]) < win_size:
+    if ssim_weight <= 0 or rgb.dim() != 4 or rgb.shape[-1] not in (3, 4) or min(rgb.shape[1:3]) < win_size:
         return None
     if target.requires_grad or tuple(target.shape) != (*rgb.shape[:3], 4) or tuple(alpha.shape) != (*rgb.shape[:3], 1):
         return None
@@ -133,10 +133,15 @@ def render_losses(
     pixel_weights: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """:func:`image_losses` of a render given premultiplied: ``rgb`` [C,H,W,3] (over black) and
-    ``alpha`` [C,H,W,1], composited over ``background`` here. ``pixel_weights`` [C,H,W,1]."""
+    ``alpha`` [C,H,W,1], composited over ``background`` here. ``pixel_weights`` [C,H,W,1].
+
+    ``rgb`` may also be the render's whole composited tensor [C,H,W,4] (rgb + depth,
+    ``RenderOutput.features``): the fused path reads its rgb in place and its gradient reaches
+    the render without the slice's copies (about 11 ms a default step); depth gets none from here."""
     win_size = ssim_window(rgb.shape[1], rgb.shape[2])
     lib = _loss_kernel(rgb, alpha, target_rgba, win_size, ssim_weight)
     if lib is None:
+        rgb = rgb[..., :3]
         return image_losses(rgb + (1 - alpha) * background, alpha, target_rgba, background, weights, ssim_weight,
                             mask_weight, pixel_weights)
     from ..render.cpu import kernel_threads

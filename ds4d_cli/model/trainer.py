@@ -518,7 +518,8 @@ class Trainer:
         bg = torch.rand(3, device=self.device) if cfg.random_background else torch.ones(3, device=self.device)
         target = _targets(self.data.images, frames, views)
         weights = view_w.repeat(len(frames))
-        losses = render_losses(out.rgb, out.alpha, target, bg, weights, cfg.ssim_weight, cfg.mask_weight,
+        rgb = out.features if out.features is not None else out.rgb
+        losses = render_losses(rgb, out.alpha, target, bg, weights, cfg.ssim_weight, cfg.mask_weight,
                                pixel_weights=self._pixel_weights(frames, views))
         loss = losses["total"]
         if len(frames) >= 2 and cfg.smooth_weight > 0:

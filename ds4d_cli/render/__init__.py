@@ -39,6 +39,9 @@ class RenderOutput:
     alpha: Tensor  # [C,H,W,1]
     depth: Tensor  # [C,H,W,1] alpha-weighted accumulated camera z (divide by alpha for expected depth)
     info: dict = field(default_factory=dict)  # gsplat-compatible: means2d, radii, width, height, n_cameras, gaussian_ids, ...
+    # The composited [C,H,W,4] that rgb (premultiplied, no background) and depth are views of, when
+    # they are (CPU kernel, background None): a loss can take it whole instead of the rgb slice.
+    features: Optional[Tensor] = None
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -121,7 +124,8 @@ def render(
             with one_thread():
                 rgb, depth = _finish(img, alpha, background, C)
             return RenderOutput(rgb=rgb, alpha=alpha, depth=depth,
-                                info=_info(means2d, radii, depths, conics, width, height, C, chosen))
+                                info=_info(means2d, radii, depths, conics, width, height, C, chosen),
+                                features=img if background is None and img.shape[-1] == 4 else None)
     quats_c = quats if quats.dim() == 2 else _per_camera(quats, C, 2)
     scales_c = scales if scales.dim() == 2 else _per_camera(scales, C, 2)
     opac_c = _per_camera(opacities, C, 1)

@@ -31,7 +31,7 @@ FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno",
 # Tuned for the building CPU when the compiler allows it (~15% faster); the cache key includes
 # the CPU's identity so a library is never loaded on a machine it was not built for.
 NATIVE = ["-march=native"]
-ABI_VERSION = 9
+ABI_VERSION = 10
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -118,8 +118,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "sample_maps_backward": ([I64, I, I, I, I, I64] + [P] * 3 + [I], None),
         "tssf_da": ([I64, I, I64, I, P, P, ctypes.c_double, P, I], None),
         "tssf_da_backward": ([I64, I, I64, I, P, P, ctypes.c_double, P, P, P, I], None),
-        "render_losses": ([I64, I, I] + [P] * 6 + [I] + [P] * 8 + [I], None),
-        "render_losses_backward": ([I64, I, I] + [P] * 5 + [I] + [P] * 11 + [I], None),
+        "render_losses": ([I64, I, I] + [P] * 6 + [I] + [P] * 8 + [I, I], None),
+        "render_losses_backward": ([I64, I, I] + [P] * 5 + [I] + [P] * 11 + [I, I], None),
         "hexplane_backward": ([I64, I64, I, I, P, I, P, P, I64] + [P] * 4 + [I], None),
     }
     for sfx in ("f32", "f64"):

@@ -1028,7 +1028,7 @@ void backward(int64_t C, int64_t N, int D, int W, int H, const T* packed, const 
 
 extern "C" {
 
-int ds4d_raster_abi_version() { return 9; }
+int ds4d_raster_abi_version() { return 10; }
 
 #define DS4D_EXPORT(SUFFIX, T)                                                                   \
     void ds4d_project_##SUFFIX(const int64_t* dims, const int64_t* strides, const T* means,      \

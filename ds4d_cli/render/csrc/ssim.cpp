@@ -123,17 +123,18 @@ void ssim_plane_backward(const T* x, const T* y, int H, int W, const T* win, int
 // (straight rgba [C,H,W,4]) are composited over the background bg [3], then per image
 //   l1 = mean over pixels and channels of w |x - y|,  mask = mean over pixels of w |a - a_t|,
 //   ssim = mean over the 3 channel planes of ssim_plane(x, y),
-// with w the optional per-pixel weight [C,H,W]. In torch the compositing, weighting and the
+// with w the optional per-pixel weight [C,H,W]. The render's pixels are rs values apart (3, or 4
+// when it is the kernel's composited rgb + depth, read in place: no copy of the rgb slice). In torch the compositing, weighting and the
 // channels-first copies for SSIM were some twenty full-size passes forward and backward (about
 // a sixth of a default step); here each image is read once and the SSIM planes are filtered in
 // cache. xs, ys [C,3,H,W] keep the composited planes and dm/dq/dr the SSIM maps for backward.
 template <typename T>
 void render_losses(int64_t Cn, int H, int W, const T* rgb, const T* alpha, const T* target, const T* bg,
                    const T* pw, const T* win, int k, T* l1, T* mask, T* ssim, T* xs, T* ys, T* dm, T* dq, T* dr,
-                   int nt) {
+                   int rs, int nt) {
     const size_t npix = size_t(H) * W, oplane = size_t(H - k + 1) * (W - k + 1);
     ds4d::parallel_for(Cn, nt, [&](int64_t c) {
-        const T* r = rgb + c * npix * 3;
+        const T* r = rgb + c * npix * rs;
         const T* a = alpha + c * npix;
         const T* t = target + c * npix * 4;
         const T* w = pw ? pw + c * npix : nullptr;
@@ -145,7 +146,7 @@ void render_losses(int64_t Cn, int H, int W, const T* rgb, const T* alpha, const
             const T ta = t[4 * i + 3];
             T e = 0;
             for (int ch = 0; ch < 3; ++ch) {
-                const T xv = r[3 * i + ch] + (1 - a[i]) * bg[ch];
+                const T xv = r[rs * i + ch] + (1 - a[i]) * bg[ch];
                 const T yv = t[4 * i + ch] * ta + bg[ch] * (1 - ta);
                 x[ch * npix + i] = xv;
                 y[ch * npix + i] = yv;
@@ -166,13 +167,14 @@ void render_losses(int64_t Cn, int H, int W, const T* rgb, const T* alpha, const
 }
 
 // Gradients of render_losses to the render: g_l1, g_mask, g_ssim [C] are dLoss/d(each image's
-// l1, mask, ssim); grad_rgb [C,H,W,3], grad_alpha [C,H,W]; gx [C,3,H,W] is scratch. |.| has
+// l1, mask, ssim); grad_rgb [C,H,W,rs] (channels past the third get 0), grad_alpha [C,H,W]; gx
+// [C,3,H,W] is scratch. |.| has
 // gradient sign(.), 0 at 0 (as torch).
 template <typename T>
 void render_losses_backward(int64_t Cn, int H, int W, const T* alpha, const T* target, const T* bg, const T* pw,
                             const T* win, int k, const T* xs, const T* ys, const T* dm, const T* dq, const T* dr,
                             const T* g_l1, const T* g_mask, const T* g_ssim, T* grad_rgb, T* grad_alpha, T* gx,
-                            int nt) {
+                            int rs, int nt) {
     const size_t npix = size_t(H) * W, oplane = size_t(H - k + 1) * (W - k + 1);
     ds4d::parallel_for(Cn * 3, nt, [&](int64_t p) {
         const T g = g_ssim[p / 3] / T(3) / T(oplane);
@@ -187,7 +189,7 @@ void render_losses_backward(int64_t Cn, int H, int W, const T* alpha, const T* t
         const T* x = xs + c * npix * 3;
         const T* y = ys + c * npix * 3;
         const T* gs = gx + c * npix * 3;
-        T* gr = grad_rgb + c * npix * 3;
+        T* gr = grad_rgb + c * npix * rs;
         T* ga = grad_alpha + c * npix;
         const T kl1 = g_l1[c] / T(3 * npix), km = g_mask[c] / T(npix);
         for (size_t i = 0; i < npix; ++i) {
@@ -196,9 +198,10 @@ void render_losses_backward(int64_t Cn, int H, int W, const T* alpha, const T* t
             for (int ch = 0; ch < 3; ++ch) {
                 const size_t j = ch * npix + i;
                 const T g = gs[j] + kl1 * wi * sign(x[j] - y[j]);
-                gr[3 * i + ch] = g;
+                gr[rs * i + ch] = g;
                 da -= bg[ch] * g;
             }
+            for (int ch = 3; ch < rs; ++ch) gr[rs * i + ch] = T(0);
             ga[i] = da;
         }
     });
@@ -237,18 +240,18 @@ DS4D_SSIM_EXPORT(f64, double)
     void ds4d_render_losses_##SUFFIX(int64_t Cn, int H, int W, const T* rgb, const T* alpha,         \
                                      const T* target, const T* bg, const T* pw, const T* win, int k,  \
                                      T* l1, T* mask, T* ssim, T* xs, T* ys, T* dm, T* dq, T* dr,      \
-                                     int nt) {                                                        \
+                                     int rs, int nt) {                                                \
         render_losses<T>(Cn, H, W, rgb, alpha, target, bg, pw, win, k, l1, mask, ssim, xs, ys, dm, dq, \
-                         dr, nt);                                                                     \
+                         dr, rs, nt);                                                                 \
     }                                                                                                 \
     void ds4d_render_losses_backward_##SUFFIX(int64_t Cn, int H, int W, const T* alpha,              \
                                               const T* target, const T* bg, const T* pw,              \
                                               const T* win, int k, const T* xs, const T* ys,          \
                                               const T* dm, const T* dq, const T* dr, const T* g_l1,   \
                                               const T* g_mask, const T* g_ssim, T* grad_rgb,          \
-                                              T* grad_alpha, T* gx, int nt) {                         \
+                                              T* grad_alpha, T* gx, int rs, int nt) {                 \
         render_losses_backward<T>(Cn, H, W, alpha, target, bg, pw, win, k, xs, ys, dm, dq, dr, g_l1,   \
-                                  g_mask, g_ssim, grad_rgb, grad_alpha, gx, nt);                      \
+                                  g_mask, g_ssim, grad_rgb, grad_alpha, gx, rs, nt);                  \
     }
 
 DS4D_LOSS_EXPORT(f32, float)
