@@ -361,6 +361,11 @@ def fit(
         True, "--single-view-prior/--no-single-view-prior",
         help="With no generated views (--prior none): start from the inflated silhouette and keep the fit to it "
         "from unseen cameras. --no-single-view-prior: the extruded silhouette, input view only."),
+    view_correction: bool = typer.Option(
+        False, "--view-correction/--no-view-correction",
+        help="Learn a small pose and colour correction of every generated view at every frame: for views a "
+        "few degrees and a few percent off (a diffusion model's); costs accuracy with exact views. The "
+        "input view is never corrected."),
     force: bool = _FORCE,
 ) -> None:
     """Fit dynamic 3D Gaussians (DSFD + TSSF deformation); resumes from its last checkpoint.
@@ -379,7 +384,7 @@ def fit(
         input_weight=input_weight, view_weight=view_weight, ssim_weight=ssim_weight, mask_weight=mask_weight,
         smooth_weight=smooth_weight, dynamic_weight=dynamic_weight, densify=densify, densify_every=densify_every,
         opacity_reset_every=opacity_reset_every, preview_every=preview_every, log_every=log_every,
-        backend=backend.value, single_view_prior=single_view_prior,
+        backend=backend.value, single_view_prior=single_view_prior, view_correction=view_correction,
     )
     ensure_upstream(ws, "fit")
     stage.run(ws, opts, force=force or restart)

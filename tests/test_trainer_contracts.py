@@ -149,3 +149,23 @@ def test_views_per_step_renders_the_input_view_and_a_random_subset(windmill_dir,
         tr.cfg.views_per_step = k
         views, w = tr._pick_views()
         assert tr.views_per_step == V and views == list(range(V)) and torch.equal(w, tr.data.view_weights)
+
+
+def test_view_correction_trains_the_prior_views_only_and_survives_a_reload(windmill_dir, tmp_path):
+    from ds4d_cli.model.trainer import Trainer
+    from ds4d_cli.stages.fit import FitOptions, _ran, resolve_options, train_config
+
+    assert train_config(resolve_options(FitOptions(device="cpu", view_correction=True))).view_correction
+    assert _trainer(windmill_dir, tmp_path / "off").view_fix is None  # off by default
+    tr = _trainer(windmill_dir, tmp_path / "on", view_correction=True)
+    assert _ran(tr)["view_correction"]
+    for _ in range(8):
+        tr.step()
+    vf = tr.view_fix.requires_grad_(False)
+    assert float(vf.rotation[:, 1:].abs().sum()) > 0 and float(vf.log_gain[:, 1:].abs().sum()) > 0
+    # view 0 is the camera of the clip: its entries get no gradient and never move
+    assert float(vf.rotation[:, 0].abs().sum()) == 0 and float(vf.offset[:, 0].abs().sum()) == 0
+    other = Trainer(tr.data, tr.cfg)
+    other.load_state_dict(tr.state_dict())
+    assert torch.equal(other.view_fix.rotation, vf.rotation)
+    assert torch.equal(other.render_frames([1, 2]), tr.render_frames([1, 2]))

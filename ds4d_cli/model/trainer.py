@@ -43,6 +43,7 @@ from .losses import composite, render_losses
 from .sampling import project, sample_maps, to_grid, visibility
 from .single_view import SingleViewPrior, SingleViewSettings
 from .tssf import TSSF
+from .view_correction import ViewCorrection
 
 GAUSSIAN_LRS = {"means": 1.6e-3, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 1.25e-4}
 
@@ -130,6 +131,10 @@ class TrainConfig:
     # random (their loss weights scaled so that every view keeps its share in expectation);
     # 0 = all views every step.
     views_per_step: int = 0
+    # Per (frame, prior view) pose and colour corrections (ds4d_cli.model.view_correction)
+    view_correction: bool = False
+    view_lr: float = 1e-3
+    view_translation: bool = True
     visibility_every: int = 100
     random_background: bool = True
     backend: str = "auto"
@@ -268,6 +273,10 @@ class Trainer:
             net_groups.append({"params": tssf_params, "lr": cfg.mlp_lr * lr, "name": "tssf"})
         if getattr(self.encoder, "trainable", False):
             net_groups.append({"params": list(self.encoder.parameters()), "lr": cfg.encoder_lr * lr, "name": "encoder"})
+        self.view_fix = ViewCorrection(T, V).to(self.device) if cfg.view_correction and V > 1 else None
+        if self.view_fix is not None:
+            vparams = [p for n, p in self.view_fix.named_parameters() if cfg.view_translation or n != "translation"]
+            net_groups.append({"params": vparams, "lr": cfg.view_lr * lr, "name": "views"})
         self.net_opt = torch.optim.Adam(net_groups)
         self._base_lrs = {id(g): g["lr"] for g in self.net_opt.param_groups}
 
@@ -493,12 +502,16 @@ class Trainer:
                 grp["lr"] = base * (self.cfg.net_lr_final ** s)
 
     def render_batch(self, means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor,
-                     background: Optional[Tensor] = None):
-        """Render B deformed copies from V cameras each in one call (C = B * V)."""
+                     background: Optional[Tensor] = None, corrected: Optional[tuple[list[int], list[int]]] = None):
+        """Render B deformed copies from V cameras each in one call (C = B * V). ``corrected`` =
+        (frames, views): move each camera's copy by its learnt pose correction."""
         b, v = means.shape[0], viewmats.shape[0]
         rep = lambda x: x.unsqueeze(1).expand(-1, v, -1, -1).reshape(b * v, *x.shape[1:])  # noqa: E731
+        m, q = rep(means), F.normalize(rep(quats), dim=-1)
+        if corrected is not None and self.view_fix is not None:
+            m, q = self.view_fix.move(m, q, *corrected)
         return render(
-            rep(means), F.normalize(rep(quats), dim=-1), torch.exp(rep(scales)), self.gaussians.opacities,
+            m, q, torch.exp(rep(scales)), self.gaussians.opacities,
             self._colors(), viewmats.repeat(b, 1, 1), Ks.repeat(b, 1, 1), self.W, self.H,
             background=None, backend=self.cfg.backend, sh_degree=self._sh_arg(),
         )
@@ -513,12 +526,16 @@ class Trainer:
         d = self._canonical() if self.in_static_stage else self.deformed(frames)
         views, view_w = self._pick_views()
         V = len(views)
-        out = self.render_batch(d.means, d.quats, d.scales, self.data.viewmats[views], self.data.Ks[views])
+        out = self.render_batch(d.means, d.quats, d.scales, self.data.viewmats[views], self.data.Ks[views],
+                                corrected=(frames, views))
         timer.lap("render forward")
         bg = torch.rand(3, device=self.device) if cfg.random_background else torch.ones(3, device=self.device)
         target = _targets(self.data.images, frames, views)
         weights = view_w.repeat(len(frames))
-        rgb = out.features if out.features is not None else out.rgb
+        if self.view_fix is not None:
+            rgb = self.view_fix.colour(out.rgb, out.alpha, frames, views)
+        else:
+            rgb = out.features if out.features is not None else out.rgb
         losses = render_losses(rgb, out.alpha, target, bg, weights, cfg.ssim_weight, cfg.mask_weight,
                                pixel_weights=self._pixel_weights(frames, views))
         loss = losses["total"]
@@ -644,11 +661,14 @@ class Trainer:
     @torch.no_grad()
     def render_frames(self, frames: list[int], views: Optional[list[int]] = None,
                       background: float = 1.0) -> Tensor:
-        """RGB [B, V', H, W, 3] of ``frames`` from the training cameras ``views`` over a grey level."""
+        """RGB [B, V', H, W, 3] of ``frames`` from the training cameras ``views`` over a grey level
+        (as the fit sees them: with their learnt corrections)."""
         views = list(range(self.data.num_views)) if views is None else views
         d = self.deformed(frames)
-        out = self.render_batch(d.means, d.quats, d.scales, self.data.viewmats[views], self.data.Ks[views])
-        rgb = out.rgb + (1 - out.alpha) * background
+        out = self.render_batch(d.means, d.quats, d.scales, self.data.viewmats[views], self.data.Ks[views],
+                                corrected=(frames, views))
+        rgb = out.rgb if self.view_fix is None else self.view_fix.colour(out.rgb, out.alpha, frames, views)
+        rgb = rgb + (1 - out.alpha) * background
         return rgb.view(len(frames), len(views), self.H, self.W, 3).clamp(0, 1)
 
     # ------------------------------------------------------------------ checkpoint
@@ -659,6 +679,7 @@ class Trainer:
             "encoder": self.encoder.state_dict() if getattr(self.encoder, "trainable", False) else None,
             "tssf": self.tssf.state_dict(),
             "deform": self.deform.state_dict(),
+            "view_fix": self.view_fix.state_dict() if self.view_fix is not None else None,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "net_opt": self.net_opt.state_dict(),
             "strategy_state": {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in self.strategy_state.items()},
@@ -689,6 +710,8 @@ class Trainer:
             self.encoder.load_state_dict(sd["encoder"])
         self.tssf.load_state_dict(sd["tssf"])
         self.deform.load_state_dict(sd["deform"])
+        if self.view_fix is not None and sd.get("view_fix") is not None:
+            self.view_fix.load_state_dict(sd["view_fix"])
         self.net_opt.load_state_dict(sd["net_opt"])
         self.strategy_state = {k: (v.to(self.device) if isinstance(v, Tensor) else v)
                                for k, v in sd["strategy_state"].items()}

@@ -96,6 +96,9 @@ class FitOptions:
     backend: str = "auto"  # renderer backend (auto | cpu | cuda | dense)
     # -- single-view prior (ds4d_cli.model.single_view), used only when there are no generated views
     single_view_prior: bool = True
+    # per (frame, generated view) pose and colour corrections learnt with the fit (model.view_correction);
+    # off by default: a large gain with degraded views, a loss with exact ones (README, "Experiments")
+    view_correction: bool = False
 
 
 #: Options that do not change the result: left out of the manifest and the checkpoint key.
@@ -143,7 +146,7 @@ def train_config(o: FitOptions):
         densify=o.densify, densify_every=o.densify_every, densify_from=o.densify_every,
         opacity_reset_every=o.opacity_reset_every, use_dsfd=not o.no_dsfd, fusion=o.fusion,
         encoder_path=o.encoder, seed=o.seed, backend=o.backend,
-        single_view_prior=o.single_view_prior,
+        single_view_prior=o.single_view_prior, view_correction=o.view_correction,
     )
 
 
@@ -291,6 +294,7 @@ def _ran(trainer) -> dict[str, Any]:
     return {
         "ablations": {"dsfd": bool(trainer.cfg.use_dsfd), "tssf": fusion != "mean", "fusion": fusion},
         "encoder": f"dinov2 ({trainer.cfg.encoder_path})" if dino else "conv (joint)",
+        "view_correction": trainer.view_fix is not None,
         "train_config": asdict(trainer.cfg),
     }
 
