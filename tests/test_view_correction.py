@@ -7,8 +7,9 @@ import math
 import torch
 
 from ds4d_cli.cameras import c2w_to_viewmat, intrinsics_from_fov, orbit_camera
-from ds4d_cli.model.view_correction import ViewCorrection, _axis_angle_quat, _quat_rotmat
+from ds4d_cli.model.view_correction import ViewCorrection, _axis_angle_quat
 from ds4d_cli.render import render
+from ds4d_cli.render.projection import quat_to_rotmat
 
 S = 48
 
@@ -50,7 +51,7 @@ def test_moving_the_splats_equals_moving_the_camera_and_view_0_stays():
     m, q = vc.move(means.expand(2, -1, -1), quats.expand(2, -1, -1), [1], [0, 2])
     assert torch.equal(m[0], means) and torch.allclose(q[0], quats)  # view 0 untouched
 
-    R = _quat_rotmat(_axis_angle_quat(w))
+    R = quat_to_rotmat(_axis_angle_quat(w))
     moved_cam = vm.clone()
     moved_cam[0, :3, :3] = vm[0, :3, :3] @ R
     moved_cam[0, :3, 3] = vm[0, :3, :3] @ torch.tensor([0.01, 0.02, -0.03]) + vm[0, :3, 3]
@@ -66,7 +67,7 @@ def test_a_jittered_camera_and_colour_are_recovered():
     means, quats, scales, opac, colors = _splats(seed=1)
     vm, K = _camera(60.0, 10.0)
     true_w = torch.tensor([0.0, 0.0, math.radians(3.0)])  # about the world's up axis: azimuth jitter
-    R = _quat_rotmat(_axis_angle_quat(true_w))
+    R = quat_to_rotmat(_axis_angle_quat(true_w))
     target_cam = vm.clone()
     target_cam[0, :3, :3] = vm[0, :3, :3] @ R
     ref = render(means, quats, scales, opac, colors, target_cam, K, S, S, backend="cpu")

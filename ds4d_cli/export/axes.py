@@ -31,6 +31,8 @@ import math
 import torch
 from torch import Tensor
 
+from ds4d_cli.render.projection import quat_multiply
+
 #: Rotation (3x3) taking ds4d world coordinates (Z up) to viewer-file coordinates (-Y up).
 VIEWER_FROM_WORLD = torch.tensor(
     [[1.0, 0.0, 0.0],
@@ -45,19 +47,6 @@ VIEWER_FROM_WORLD_QUAT = torch.tensor(
 )
 
 
-def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a*b of quaternions (w, x, y, z), broadcasting over leading dims."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        dim=-1,
-    )
 
 
 def _sh_basis(num_bases: int, dirs: Tensor) -> Tensor:

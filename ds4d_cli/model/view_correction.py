@@ -20,17 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _quat_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a*b of (w, x, y, z) quaternions, broadcasting over leading dims."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], dim=-1)
+from ds4d_cli.render.projection import quat_multiply, quat_to_rotmat
 
 
 def _axis_angle_quat(w: Tensor) -> Tensor:
@@ -39,15 +29,6 @@ def _axis_angle_quat(w: Tensor) -> Tensor:
     # sin(x)/x by its series near 0 keeps the gradient finite at the zero initialisation
     sinc = torch.where(half < 1e-4, 1 - half**2 / 6, torch.sin(half) / half.clamp_min(1e-12))
     return torch.cat([torch.cos(half), 0.5 * sinc * w], -1)
-
-
-def _quat_rotmat(q: Tensor) -> Tensor:
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(*q.shape[:-1], 3, 3)
 
 
 class ViewCorrection(nn.Module):
@@ -70,9 +51,9 @@ class ViewCorrection(nn.Module):
     def move(self, means: Tensor, quats: Tensor, frames: list[int], views: list[int]) -> tuple[Tensor, Tensor]:
         """Per-camera means [C, N, 3] and unit quats [C, N, 4] as the corrected cameras see them."""
         q = _axis_angle_quat(self._pick(self.rotation, frames, views))  # [C, 4]
-        R = _quat_rotmat(q)
+        R = quat_to_rotmat(q)
         means = torch.einsum("cij,cnj->cni", R, means) + self._pick(self.translation, frames, views)[:, None]
-        return means, F.normalize(_quat_multiply(q[:, None], quats), dim=-1)
+        return means, F.normalize(quat_multiply(q[:, None], quats), dim=-1)
 
     def colour(self, rgb: Tensor, alpha: Tensor, frames: list[int], views: list[int]) -> Tensor:
         """Premultiplied rgb [C, H, W, 3] with each camera's gain and offset (offset under alpha)."""

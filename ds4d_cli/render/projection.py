@@ -50,6 +50,21 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     return rot.reshape(q.shape[:-1] + (3, 3))
 
 
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product a*b of quaternions (w, x, y, z), broadcasting over leading dims."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        dim=-1,
+    )
+
+
 def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
     """World covariance [...,3,3] = R diag(s^2) R^T."""
     m = quat_to_rotmat(quats) * scales[..., None, :]
