@@ -350,6 +350,7 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path, backbone: An
         f"{opts.batch_frames} frames x {trainer.views_per_step} views/step, {opts.num_gaussians} initial Gaussians "
         f"(max {opts.max_gaussians}); "
         f"DSFD {'on' if ran['ablations']['dsfd'] else 'off'}, TSSF {ran['ablations']['fusion']}, encoder {ran['encoder']}"
+        + ("; generated views' rotation and colour corrected per frame" if ran["view_correction"] else "")
     )
     if V == 1:
         warn("no generated views: only the input view constrains the fit; the back of the object will be guessed")
