@@ -11,7 +11,9 @@ motion anchored.
 
 The pose correction moves the Gaussians rendered for that camera (a rotation about the world
 origin, where the object is centred, then a translation): the same image as moving the camera
-by the inverse, and it keeps the C++ renderer's fast path, which takes no camera gradients.
+by the inverse, and it keeps the C++ renderer's fast path, which takes no camera gradients. The
+fit trains the translation only when asked (``TrainConfig.view_translation``): with exact views
+it drifted by 1% of the object's size and cost up to 2.2 dB on held-out views (README).
 """
 
 from __future__ import annotations
