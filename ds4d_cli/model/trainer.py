@@ -133,7 +133,7 @@ class TrainConfig:
     views_per_step: int = 0
     # Per (frame, prior view) pose and colour corrections (ds4d_cli.model.view_correction). The
     # translation stays off: with exact views it drifted by 1% of the object's size and cost 0.8-2.2 dB
-    # held out, where the rotation alone costs 0.3 and gains as much with degraded views (README).
+    # held out, where the rotation alone costs 0.2-0.3 and gains 1.0-1.4 with degraded views (README).
     view_correction: bool = False
     view_lr: float = 1e-3
     view_translation: bool = False
