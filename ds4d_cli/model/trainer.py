@@ -276,7 +276,9 @@ class Trainer:
             net_groups.append({"params": list(self.encoder.parameters()), "lr": cfg.encoder_lr * lr, "name": "encoder"})
         self.view_fix = ViewCorrection(T, V).to(self.device) if cfg.view_correction and V > 1 else None
         if self.view_fix is not None:
-            vparams = [p for n, p in self.view_fix.named_parameters() if cfg.view_translation or n != "translation"]
+            # an untrained translation takes no gradient either (none would pile up in its .grad)
+            self.view_fix.translation.requires_grad_(cfg.view_translation)
+            vparams = [p for p in self.view_fix.parameters() if p.requires_grad]
             net_groups.append({"params": vparams, "lr": cfg.view_lr * lr, "name": "views"})
         self.net_opt = torch.optim.Adam(net_groups)
         self._base_lrs = {id(g): g["lr"] for g in self.net_opt.param_groups}
