@@ -47,8 +47,6 @@ VIEWER_FROM_WORLD_QUAT = torch.tensor(
 )
 
 
-
-
 def _sh_basis(num_bases: int, dirs: Tensor) -> Tensor:
     # The renderer's own basis (gsplat's pure-torch evaluator, pinned gsplat==1.5.3): rotating
     # coefficients is only correct in exactly the basis (signs, order) that renders them.
