@@ -11,7 +11,7 @@ import torch
 from ds4d_cli.cameras import c2w_to_viewmat, intrinsics_from_fov, orbit_camera
 from ds4d_cli.metrics import silhouette_iou
 from ds4d_cli.model import regularisers as reg
-from ds4d_cli.model.inflate import InflatedVolume, distance_transform, inflate
+from ds4d_cli.model.inflate import InflatedVolume, distance_transform, inflate, row_spans
 
 S = 64
 
@@ -38,6 +38,48 @@ def test_distance_transform_and_inflation_give_round_cross_sections() -> None:
     disc = inflate(_disc(radius=20.0))
     assert disc[32, 32] == pytest.approx(19.5, abs=0.6)  # a disc becomes a ball (lens): as deep as wide
     assert disc[32, 22] == pytest.approx(math.sqrt(20 ** 2 - 10 ** 2), abs=0.8)
+
+
+def test_row_spans_are_as_deep_as_the_outline_is_wide() -> None:
+    """Each horizontal run is the chord of a round cross-section: an upright bar is as deep as it is
+    wide, a lying one as deep as it is long (where the balls' inflation keeps it as thin as it is high)."""
+    upright = torch.zeros(S, S, dtype=torch.bool)
+    upright[10:50, 20:31] = True  # 11 px wide
+    h = row_spans(upright)
+    assert h[30, 25] == pytest.approx(5.5 + 0.5, abs=1e-4)  # the centre pixel: the radius (+ half a pixel)
+    assert h[30, 21] == pytest.approx(math.sqrt(5.5 ** 2 - 4 ** 2) + 0.5, abs=1e-4)
+    assert h[5, 5] == 0 and h[30, 19] == 0
+    lying = torch.zeros(S, S, dtype=torch.bool)
+    lying[30:35, 5:45] = True  # 40 px long, 5 high
+    assert row_spans(lying)[32, 24] == pytest.approx(math.sqrt(20 ** 2 - 0.5 ** 2) + 0.5, abs=1e-4)
+    assert float(inflate(lying)[32, 24]) < 3.5
+    two = torch.zeros(S, S, dtype=torch.bool)
+    two[0, 2:6] = True
+    two[0, 10:12] = True  # two runs in one row: each its own circle
+    assert row_spans(two)[0, 3].item() == pytest.approx(math.sqrt(4 - 0.25) + 0.5, abs=1e-4)
+    assert row_spans(two)[0, 10].item() == pytest.approx(math.sqrt(1 - 0.25) + 0.5, abs=1e-4)
+
+
+def test_mirrored_back_looks_from_behind_as_the_front_does() -> None:
+    """The volume's back half mirrors its front, so from behind an upright bar shows its own outline;
+    followed along the input camera's rays the back flares by the perspective instead."""
+    vm, K = _front_camera()
+    bar = torch.zeros(S, S, dtype=torch.bool)
+    bar[12:52, 24:41] = True
+    back_vm = c2w_to_viewmat(orbit_camera(180.0, 0.0, 2.0))[None]
+    flipped = bar.flip(1).float()  # what a prism seen from behind shows (the same outline, mirrored)
+    areas = {}
+    for mirror in (False, True):
+        vol = InflatedVolume.from_alphas(bar.float()[None], vm, K, shape="spans", mirror_back=mirror)
+        front = vol.silhouettes(0, vm[None], K[None], S, S, res=96)[0]
+        back = vol.silhouettes(0, back_vm, K[None], S, S, res=96)[0]
+        assert float(silhouette_iou(front, bar.float())[0]) > 0.9
+        areas[mirror] = float(back.sum()) / float(flipped.sum())
+        if mirror:
+            assert float(silhouette_iou(back, flipped)[0]) > 0.85
+    assert areas[False] > areas[True] + 0.1  # the rays' course: the far side seen larger from behind
+    with pytest.raises(ValueError):
+        InflatedVolume.from_alphas(bar.float()[None], vm, K, shape="cones")
 
 
 def test_inflated_volume_projects_onto_its_silhouette_and_is_as_deep_as_wide() -> None:

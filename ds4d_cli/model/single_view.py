@@ -2,7 +2,7 @@
 
 Three hooks, each one call from :class:`ds4d_cli.model.trainer.Trainer`:
 
-- :meth:`SingleViewPrior.init_points` -- the initial Gaussians on the surface of the inflated
+- :meth:`SingleViewPrior.init_points` -- the initial Gaussians on the surface of the guessed
   volume of the middle frame (:mod:`.inflate`), instead of the silhouette extruded along the
   camera ray; unseen sides take the colour of the input pixel along their ray (the front's),
   read from the silhouette's interior so that the rim's background tint stays off them;
@@ -39,7 +39,9 @@ class SingleViewSettings:
     """The prior's knobs (TrainConfig's ``single_view``). Defaults chosen by measurement on the shared
     examples (README, "One view only"); the terms at weight 0 measured no better there."""
 
-    thickness: float = 1.5  # inflation depth scale (1 = round cross-sections)
+    shape: str = "spans"  # the volume's cross-sections: "spans" (as deep as wide) or "balls" (inflation)
+    thickness: float = 1.0  # depth scale of the cross-sections (1 = round)
+    mirror_back: bool = True  # the volume's back half mirrors its front (no perspective flare)
     unseen_views: int = 2  # random cameras per step
     unseen_resolution: int = 64
     unseen_weight: float = 0.5  # silhouette L1 on the random cameras
@@ -68,7 +70,8 @@ class SingleViewPrior:
         # colours for unseen sides: the nearest interior pixel's (no background tint from the rim)
         self._images = interior_colours(images.detach().cpu()) if settings.interior_colours else images.detach().cpu()
         self._images_dev = self._images.to(self.device)
-        self.volume = InflatedVolume.from_alphas(images[..., 3].cpu(), viewmat.cpu(), K.cpu(), settings.thickness)
+        self.volume = InflatedVolume.from_alphas(images[..., 3].cpu(), viewmat.cpu(), K.cpu(), settings.thickness,
+                                                 shape=settings.shape, mirror_back=settings.mirror_back)
         self._cpu_volume = self.volume
         self.volume = self.volume.to(self.device)
         self.radius = reg.orbit_radius(viewmat)
