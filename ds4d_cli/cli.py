@@ -359,13 +359,13 @@ def fit(
     backend: Backend = typer.Option(Backend.auto, "--backend", help="Rasterizer: auto, cpu, cuda or dense (slow reference)."),
     single_view_prior: bool = typer.Option(
         True, "--single-view-prior/--no-single-view-prior",
-        help="With no generated views (--prior none): start from the inflated silhouette and keep the fit to it "
-        "from unseen cameras. --no-single-view-prior: the extruded silhouette, input view only."),
-    view_correction: bool = typer.Option(
-        False, "--view-correction/--no-view-correction",
-        help="Learn a small pose and colour correction of every generated view at every frame: for views a "
-        "few degrees and a few percent off (a diffusion model's); costs accuracy with exact views. The "
-        "input view is never corrected."),
+        help="With no generated views (--prior none): start from a volume guessed from the silhouette and keep "
+        "the fit to it from unseen cameras. --no-single-view-prior: the extruded silhouette, input view only."),
+    view_correction: Optional[bool] = typer.Option(
+        None, "--view-correction/--no-view-correction",
+        help="Learn a small pose and colour correction of every generated view at every frame, for views a "
+        "few degrees and a few percent off. Default: on for views a diffusion model generated, off for "
+        "imported ones (with exact views it costs a little accuracy). The input view is never corrected."),
     force: bool = _FORCE,
 ) -> None:
     """Fit dynamic 3D Gaussians (DSFD + TSSF deformation); resumes from its last checkpoint.

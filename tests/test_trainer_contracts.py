@@ -156,6 +156,7 @@ def test_view_correction_trains_the_prior_views_only_and_survives_a_reload(windm
     from ds4d_cli.stages.fit import FitOptions, _ran, resolve_options, train_config
 
     assert train_config(resolve_options(FitOptions(device="cpu", view_correction=True))).view_correction
+    assert not train_config(resolve_options(FitOptions(device="cpu"))).view_correction  # auto, unresolved: off
     assert _trainer(windmill_dir, tmp_path / "off").view_fix is None  # off by default
     tr = _trainer(windmill_dir, tmp_path / "on", view_correction=True)
     assert _ran(tr)["view_correction"]
@@ -169,3 +170,20 @@ def test_view_correction_trains_the_prior_views_only_and_survives_a_reload(windm
     other.load_state_dict(tr.state_dict())
     assert torch.equal(other.view_fix.rotation, vf.rotation)
     assert torch.equal(other.render_frames([1, 2]), tr.render_frames([1, 2]))
+
+
+def test_view_correction_defaults_on_for_generated_views_only(tmp_path):
+    """Auto: on where a diffusion model generated the views, off for imported ones (possibly exact
+    cameras) and with none; a choice the user made is kept either way."""
+    import json
+
+    from ds4d_cli.stages.fit import FitOptions, fit_view_correction
+    from ds4d_cli.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    assert fit_view_correction(ws, FitOptions()).view_correction is False  # nothing generated yet
+    for prior, expected in (("zero123pp", True), ("import", False), ("none", False)):
+        (tmp_path / "generate").mkdir(exist_ok=True)
+        (tmp_path / "generate" / "manifest.json").write_text(json.dumps({"options": {"prior": prior}}))
+        assert fit_view_correction(ws, FitOptions()).view_correction is expected
+        assert fit_view_correction(ws, FitOptions(view_correction=not expected)).view_correction is (not expected)
