@@ -29,8 +29,14 @@ SIZE_JUMP = 2.0
 MOTION_SIDE = 160
 MOTION_BLUR = 1.5
 CHANGE_LEVEL = 14.0
-#: The camera moves when, in the median frame, more than this share of the background changed.
+#: The camera moves when, in the median frame, more than this share of the background changed,
 MOVING_SHARE = 0.25
+#: or when the view drifts (the median frame's shift against the middle one) by more than this
+#: share of its long side: a slow pan can leave most pixels within CHANGE_LEVEL of a median that
+#: is nonetheless too blurred to be a background model (the cockatoo's first 0.8 s: 2%).
+DRIFT_SHARE = 0.01
+#: Long side (px) the drift is measured at.
+DRIFT_SIDE = 128
 #: Masks: coverage below / above these shares of the frame is broken.
 MIN_COVERAGE = 0.002
 MAX_COVERAGE = 0.85
@@ -132,12 +138,51 @@ def background_change(frames: Sequence[np.ndarray], alphas: Sequence[np.ndarray]
     return out
 
 
-def camera_moves(frames: Sequence[np.ndarray], alphas: Sequence[np.ndarray]) -> tuple[bool, float]:
-    """(moving?, median share of the background that changed)."""
+def _shift(a: np.ndarray, b: np.ndarray) -> float:
+    """Length (px) of the translation that best maps ``b`` onto ``a``: phase correlation, whose
+    whitened spectrum weighs the scene's every edge alike (a large plain object does not win)."""
+    window = np.hanning(a.shape[0])[:, None] * np.hanning(a.shape[1])[None, :]
+    cross = np.fft.fft2((a - a.mean()) * window) * np.conj(np.fft.fft2((b - b.mean()) * window))
+    corr = np.fft.ifft2(cross / (np.abs(cross) + 1e-9)).real
+    y, x = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    y = y - corr.shape[0] if y > corr.shape[0] // 2 else y
+    x = x - corr.shape[1] if x > corr.shape[1] // 2 else x
+    return float(np.hypot(x, y))
+
+
+def view_drift(frames: Sequence[np.ndarray], alphas: Sequence[np.ndarray]) -> float:
+    """Median over frames of how far the view has shifted from the middle frame's, as a share of
+    the long side; the object (masks dilated) is filled with its frame's mean first, so that its
+    own motion does not pass for the camera's."""
+    from PIL import Image
+
+    h, w = frames[0].shape[:2]
+    s = min(1.0, DRIFT_SIDE / max(w, h))
+    size = (max(8, round(w * s)), max(8, round(h * s)))
+    grey = []
+    for f, a in zip(frames, alphas):
+        g = np.asarray(Image.fromarray(np.ascontiguousarray(f[..., :3])).convert("L").resize(size, Image.Resampling.BOX),
+                       np.float32)
+        m = np.asarray(Image.fromarray((np.asarray(a) >= 0.5).astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)) > 0
+        m = ndi.binary_dilation(m, iterations=2)
+        grey.append(np.where(m, g[~m].mean() if (~m).any() else g.mean(), g))
+    mid = grey[len(grey) // 2]
+    return float(np.median([_shift(g, mid) for g in grey])) / max(size)
+
+
+def camera_moves(frames: Sequence[np.ndarray], alphas: Sequence[np.ndarray]) -> tuple[bool, float, float]:
+    """(moving?, median share of the background that changed, the view's drift as a share of its side)."""
     if len(frames) < 3:
-        return False, 0.0
+        return False, 0.0, 0.0
     share = float(np.median(background_change(frames, alphas)))
-    return share > MOVING_SHARE, share
+    drift = view_drift(frames, alphas)
+    return share > MOVING_SHARE or drift > DRIFT_SHARE, share, drift
+
+
+def camera_text(share: float, drift: float) -> str:
+    """What the camera check measured, for a message."""
+    return (f"the background changes in {share:.0%} of its pixels between frames and the view drifts by "
+            f"{drift:.1%} of its width")
 
 
 @dataclass
@@ -146,6 +191,7 @@ class ClipReport:
     window: tuple[float, float] | None  # suggested --start/--end (seconds), when one exists
     camera_moving: bool
     background_changed: float
+    view_drift: float
     good: list[bool]
 
 
@@ -153,7 +199,7 @@ def check_clip(
     alphas: Sequence[np.ndarray],
     times_s: Sequence[float],
     fps: float,
-    camera: tuple[bool, float] | None = None,
+    camera: tuple[bool, float, float] | None = None,
 ) -> ClipReport:
     """Cut-off, size jumps, empty frames (and the camera, when measured) -> findings + a window."""
     n = len(alphas)
@@ -204,8 +250,8 @@ def check_clip(
             "keep the object in view" + (fix_window or ", or choose --start/--end where it is"),
             empty,
         ))
-    moving, share = camera if camera is not None else (False, 0.0)
-    return ClipReport(findings, window if findings else None, moving, share,
+    moving, share, drift = camera if camera is not None else (False, 0.0, 0.0)
+    return ClipReport(findings, window if findings else None, moving, share, drift,
                       [p and not c and t not in jumps for t, (p, c) in enumerate(zip(present, cut))])
 
 

@@ -99,6 +99,48 @@ def test_cut_off_object_is_reported_with_frames_edge_and_a_window() -> None:
     assert report.window == (0.0, 2.25) and "--start 0 --end 2.25" in cut[0].hint
 
 
+def test_view_drift_sees_a_pan_and_not_a_moving_object() -> None:
+    """A textured scene panning 2 px a frame drifts; the same scene held still, with a large plain
+    object sliding across it (its masks given), does not -- nor does it without the masks when the
+    scene's texture dominates; and a 3-frame clip is too short to tell."""
+    rng = np.random.default_rng(1)
+    scene = (rng.random((140, 220, 3)) * 255).astype(np.uint8)
+    pan = [np.ascontiguousarray(scene[10:130, 2 * t:2 * t + 160]) for t in range(9)]
+    none = [np.zeros((120, 160), np.float32) for _ in range(9)]
+    assert diagnose.view_drift(pan, none) > 2 * diagnose.DRIFT_SHARE  # 3.2 px at 128 on the median frame
+    still, masks = [], []
+    for t in range(9):
+        f = np.ascontiguousarray(scene[10:130, 20:180]).copy()
+        m = np.zeros((120, 160), np.float32)
+        m[30:90, 10 + 8 * t:70 + 8 * t] = 1.0
+        f[m > 0] = (200, 60, 40)
+        still.append(f)
+        masks.append(m)
+    assert diagnose.view_drift(still, masks) == 0.0
+    assert diagnose.view_drift(still, none) <= diagnose.DRIFT_SHARE
+    moving, share, drift = diagnose.camera_moves(pan, none)
+    assert moving and drift > diagnose.DRIFT_SHARE
+    assert not diagnose.camera_moves(still, masks)[0]
+    assert diagnose.camera_moves(pan[:2], none[:2]) == (False, 0.0, 0.0)
+
+
+@pytest.mark.slow
+def test_slow_pan_is_a_moving_camera_and_hybrid_keeps_the_whole_bird(tmp_path: Path, examples_dir: Path, reported) -> None:
+    """The cockatoo's first 0.8 s: the camera pans slowly (about 2% of the width), too little for
+    the background-change test alone but enough to blur a median plate into junk. The drift says
+    the camera moves, hybrid drops the plate, and its masks (u2netp's full views) keep the bird in
+    every frame instead of a head or scraps."""
+    ws = tmp_path / "ws"
+    run(ws, PreprocessOptions(source=str(examples_dir / "cockatoo" / "input.mp4"), frames=8, size=64,
+                              start=0.0, end=0.8, force_masks=True))
+    meta = json.loads((ws / "preprocess" / "meta.json").read_text())
+    err = "\n".join(reported.warnings())
+    assert meta["camera_moving"] and meta["view_drift"] > diagnose.DRIFT_SHARE and "the view drifts" in err
+    assert meta["segmenter"] == "hybrid" and "hybrid used u2netp alone" in err
+    areas = [float((np.asarray(Image.open(p))[..., 3] >= 128).mean()) for p in sorted((ws / "preprocess" / "frames").glob("*.png"))]
+    assert len(areas) == 8 and min(areas) > 0.15, areas
+
+
 @pytest.mark.slow
 def test_cockatoo_is_cut_off_and_filmed_by_a_moving_camera(tmp_path: Path, examples_dir: Path, reported) -> None:
     ws = tmp_path / "ws"

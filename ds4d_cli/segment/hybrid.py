@@ -110,7 +110,7 @@ class HybridSegmenter:
         return _ramp(total / np.maximum(count, 1.0))
 
     def segment(self, frames: Sequence[np.ndarray], on_frame: Callable[[], None] | None = None) -> list[np.ndarray]:
-        from ds4d_cli.diagnose import camera_moves
+        from ds4d_cli.diagnose import camera_moves, camera_text
 
         rgb = [np.ascontiguousarray(f[..., :3]) for f in frames]
         if self.plate is None and len(rgb) < MIN_FRAMES_FOR_MEDIAN:
@@ -119,10 +119,10 @@ class HybridSegmenter:
             return self._alone(rgb, on_frame)
         bg = StaticBgSegmenter(plate=self.plate, source_size=self.source_size)
         changed = bg.segment(rgb)
-        moving, share = camera_moves(rgb, [clean_alpha(c) for c in changed])
+        moving, share, drift = camera_moves(rgb, [clean_alpha(c) for c in changed])
         if moving:
-            self.notes.append(f"hybrid used u2netp alone: no background model fits a moving camera ({share:.0%} of "
-                              "the background changes between frames)")
+            self.notes.append(f"hybrid used u2netp alone: no background model fits a moving camera "
+                              f"({camera_text(share, drift)})")
             return self._alone(rgb, on_frame)
         self.used_plate = "plate" if self.plate is not None else "median"
         if self.plate is not None:
@@ -190,14 +190,13 @@ class HybridSegmenter:
         return (total / np.maximum(count, 1.0)).astype(np.float32)
 
     def _alone(self, rgb: Sequence[np.ndarray], on_frame: Callable[[], None] | None) -> list[np.ndarray]:
-        """No usable background: u2netp per frame (one full view, then the object's box and its
-        mirror in one call), edges refined on the frame."""
+        """No usable background: u2netp's own masks (its full views, :meth:`RembgSegmenter.soft_mask`),
+        edges refined on the frame. (A first view and then two of the object's box measured far
+        worse on the handheld cockatoo: where the first view caught only the head, the box held the
+        second to it; IoU 0.0-0.65 against the full views, which keep the whole bird.)"""
         out = []
         for f in rgb:
-            first = _ramp(self.u2.predictor.predict([f])[0])  # type: ignore[attr-defined]
-            box = _square_box(clean_alpha(first) >= 0.5, CROP_MARGIN)
-            second = self._views(f, box, (1.0,)) if box is not None else first
-            out.append(refine_edges(f, second))
+            out.append(refine_edges(f, self.u2.soft_mask(f)))
             if on_frame is not None:
                 on_frame()
         return out

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ds4d_cli.crop import clip_box, crop_intrinsics, crop_region, snap_box
-from ds4d_cli.diagnose import Finding, camera_moves, check_clip, check_masks
+from ds4d_cli.diagnose import Finding, camera_moves, camera_text, check_clip, check_masks
 from ds4d_cli.errors import Ds4dError
 from ds4d_cli.framestore import SampledClip, load_sampled
 from ds4d_cli.fsutil import atomic_path, write_json_atomic
@@ -135,7 +135,7 @@ def _segment(
     return raw, [clean_alpha(a) for a in raw], list(getattr(segmenter, "notes", [])), background_model
 
 
-def _checked_masks(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str, list[str], tuple[bool, float]]:
+def _checked_masks(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.ndarray], str, list[str], tuple[bool, float, float]]:
     """Segment, then check the masks before anything is handed on.
 
     Broken masks (see :func:`ds4d_cli.diagnose.check_masks`), or static-bg on a moving camera,
@@ -145,15 +145,14 @@ def _checked_masks(clip: SampledClip, opts: PreprocessOptions) -> tuple[list[np.
     """
     name = INPUT_ALPHA if clip.has_alpha else opts.segmenter
     raw, alphas, notes, from_background = _segment(clip, opts, opts.segmenter)
-    camera = camera_moves(clip.work, alphas) if not clip.has_alpha else (False, 0.0)
+    camera = camera_moves(clip.work, alphas) if not clip.has_alpha else (False, 0.0, 0.0)
     if name == INPUT_ALPHA:
         return alphas, name, notes, camera
     problems = check_masks(raw, alphas, name, from_background)
     if name == "static-bg" and camera[0]:
         problems.insert(0, Finding(
             "moving-camera",
-            f"the camera moves (the background changes in {camera[1]:.0%} of its pixels between frames) but "
-            "static-bg needs a fixed camera",
+            f"the camera moves ({camera_text(camera[1], camera[2])}) but static-bg needs a fixed camera",
             "use --segmenter hybrid or u2netp, or --force-masks to keep these masks", [], True))
     fatal = [p for p in problems if p.fatal]
     if fatal and opts.force_masks:
@@ -215,9 +214,9 @@ def _process(out_dir: Path, opts: PreprocessOptions, clip: SampledClip) -> dict[
     alphas = [a if p else np.zeros_like(a) for a, p in zip(alphas, present)]
     report = check_clip(alphas, clip.times_s, clip.info.fps, camera)
     if report.camera_moving and segmenter_name != "static-bg":
-        warn(f"the camera moves (the background changes in {report.background_changed:.0%} of its pixels between "
-             "frames): ds4d assumes a fixed camera and will take the camera's motion for the object's — film from a "
-             "tripod or rest the phone on something")
+        warn(f"the camera moves ({camera_text(report.background_changed, report.view_drift)}): ds4d assumes a "
+             "fixed camera and will take the camera's motion for the object's — film from a tripod or rest the phone "
+             "on something")
     for finding in report.findings:
         warn(finding.line())
 
@@ -261,6 +260,7 @@ def _process(out_dir: Path, opts: PreprocessOptions, clip: SampledClip) -> dict[
         "notes": notes,
         "camera_moving": report.camera_moving,
         "background_change": round(report.background_changed, 4),
+        "view_drift": round(report.view_drift, 4),
         "findings": [{"code": f.code, "message": f.line(), "frames": f.frames} for f in report.findings],
         "suggested_window": list(report.window) if report.window else None,
     }
