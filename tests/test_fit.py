@@ -210,14 +210,26 @@ def test_sigkilled_fit_resumes_from_last_checkpoint(tmp_path, windmill_dir):
 
     steps = 60
     ws = build_workspace(tmp_path / "ws", windmill_dir, TRAIN_VIEWS, FRAMES[:4])
-    ckpt = ws.stage_dir("fit") / "checkpoints" / "latest.pt"
+    from ds4d_cli.checkpoints import Checkpoints
+
+    store = Checkpoints(ws.stage_dir("fit") / "checkpoints")
+
+    def newest_step() -> int:
+        """The step the fit would resume from (latest.pt, or previous.pt when the kill landed between
+        a save's two renames), -1 for none yet; the polling may race a save too."""
+        try:
+            state = store.load()
+        except (FileNotFoundError, EOFError, RuntimeError):
+            return -1
+        return -1 if state is None else int(state["step"])
+
     repo = str(Path(__file__).resolve().parents[1])
     proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(repo=repo, ws=str(ws.root), steps=steps)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 20:
+            if newest_step() >= 20:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -226,7 +238,7 @@ def test_sigkilled_fit_resumes_from_last_checkpoint(tmp_path, windmill_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    killed_at = newest_step()
     assert 20 <= killed_at < steps
     assert ws.read_manifest("fit") is None  # a killed fit never looks done
     result = fit.run(ws, fit.FitOptions(steps=steps, resolution=32, device="cpu", checkpoint_every=10,
