@@ -364,8 +364,9 @@ def fit(
     view_correction: Optional[bool] = typer.Option(
         None, "--view-correction/--no-view-correction",
         help="Learn a small pose and colour correction of every generated view at every frame, for views a "
-        "few degrees and a few percent off. Default: on for views a diffusion model generated, off for "
-        "imported ones (with exact views it costs a little accuracy). The input view is never corrected."),
+        "few degrees and a few percent off (a diffusion model's). Default: learnt, and kept after 15% of the "
+        "steps only if the views turn out to need it (exact views: dropped). --view-correction keeps it, "
+        "--no-view-correction never learns it. The input view is never corrected."),
     force: bool = _FORCE,
 ) -> None:
     """Fit dynamic 3D Gaussians (DSFD + TSSF deformation); resumes from its last checkpoint.

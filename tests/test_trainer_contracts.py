@@ -172,18 +172,46 @@ def test_view_correction_trains_the_prior_views_only_and_survives_a_reload(windm
     assert torch.equal(other.render_frames([1, 2]), tr.render_frames([1, 2]))
 
 
-def test_view_correction_defaults_on_for_generated_views_only(tmp_path):
-    """Auto: on where a diffusion model generated the views, off for imported ones (possibly exact
-    cameras) and with none; a choice the user made is kept either way."""
+def test_view_correction_auto_is_checked_and_a_given_choice_is_not(tmp_path):
+    """Auto: with generated or imported views the corrections are learnt and checked part-way; with
+    none they are off; --view-correction / --no-view-correction are kept as given, unchecked."""
     import json
 
-    from ds4d_cli.stages.fit import FitOptions, fit_view_correction
+    from ds4d_cli.stages.fit import VIEW_CHECK, FitOptions, fit_view_correction
     from ds4d_cli.workspace import Workspace
 
     ws = Workspace(tmp_path)
     assert fit_view_correction(ws, FitOptions()).view_correction is False  # nothing generated yet
-    for prior, expected in (("zero123pp", True), ("import", False), ("none", False)):
+    for prior, on in (("zero123pp", True), ("import", True), ("none", False)):
         (tmp_path / "generate").mkdir(exist_ok=True)
         (tmp_path / "generate" / "manifest.json").write_text(json.dumps({"options": {"prior": prior}}))
-        assert fit_view_correction(ws, FitOptions()).view_correction is expected
-        assert fit_view_correction(ws, FitOptions(view_correction=not expected)).view_correction is (not expected)
+        auto = fit_view_correction(ws, FitOptions())
+        assert auto.view_correction is on and auto.view_check == (VIEW_CHECK if on else 0.0)
+        for given in (True, False):
+            chosen = fit_view_correction(ws, FitOptions(view_correction=given))
+            assert chosen.view_correction is given and chosen.view_check == 0.0
+
+
+@pytest.mark.parametrize("rotation_deg, kept", [(0.3, False), (2.5, True)])
+def test_view_check_keeps_corrections_only_where_the_views_needed_them(windmill_dir, tmp_path, rotation_deg, kept):
+    """At the check the corrections stay if their mean learnt rotation reaches view_check_deg and
+    are dropped otherwise; a dropped correction stays dropped through a checkpoint."""
+    import math
+
+    from ds4d_cli.model.trainer import Trainer
+    from ds4d_cli.stages.fit import _ran
+
+    tr = _trainer(windmill_dir, tmp_path, view_correction=True, view_check=0.5, steps=6)
+    for _ in range(2):
+        tr.step()
+    with torch.no_grad():  # as if the fit had learnt this much by now
+        tr.view_fix.rotation[:, 1:] = torch.tensor([0.0, 0.0, math.radians(rotation_deg)])
+    for _ in range(2):
+        tr.step()  # the check runs at step 3 = 0.5 x 6
+    assert tr.view_check == pytest.approx(rotation_deg, rel=0.2)
+    assert (tr.view_fix is not None) is kept and _ran(tr)["view_correction"] is kept
+    other = Trainer(tr.data, tr.cfg)
+    other.load_state_dict(tr.state_dict())
+    assert (other.view_fix is not None) is kept and other.view_check == tr.view_check
+    assert torch.equal(other.render_frames([1]), tr.render_frames([1]))
+    tr.step()  # a dropped correction's parameters get no gradient: the step runs without them

@@ -97,9 +97,11 @@ class FitOptions:
     # -- single-view prior (ds4d_cli.model.single_view), used only when there are no generated views
     single_view_prior: bool = True
     # per (frame, generated view) pose and colour corrections learnt with the fit (model.view_correction);
-    # None = on for views a diffusion model generated (their poses and colours are off by a few degrees
-    # and percent: +1.0-1.4 dB held out), off for imported ones, which may be exact cameras (-0.2-0.3 dB)
+    # None = auto: on for generated or imported views, and kept only if at view_check of the steps the
+    # views turn out to need them (views a few degrees off: +1.0-1.4 dB held out; exact views, where
+    # the corrections only drift: -0.2-0.3 dB if kept); off with no views. True/False: always/never.
     view_correction: Optional[bool] = None
+    view_check: float = 0.0  # set by the auto mode (fit_view_correction), not an option of its own
 
 
 #: Options that do not change the result: left out of the manifest and the checkpoint key.
@@ -147,7 +149,7 @@ def train_config(o: FitOptions):
         densify=o.densify, densify_every=o.densify_every, densify_from=o.densify_every,
         opacity_reset_every=o.opacity_reset_every, use_dsfd=not o.no_dsfd, fusion=o.fusion,
         encoder_path=o.encoder, seed=o.seed, backend=o.backend,
-        single_view_prior=o.single_view_prior, view_correction=bool(o.view_correction),
+        single_view_prior=o.single_view_prior, view_correction=bool(o.view_correction), view_check=o.view_check,
     )
 
 
@@ -296,6 +298,7 @@ def _ran(trainer) -> dict[str, Any]:
         "ablations": {"dsfd": bool(trainer.cfg.use_dsfd), "tssf": fusion != "mean", "fusion": fusion},
         "encoder": f"dinov2 ({trainer.cfg.encoder_path})" if dino else "conv (joint)",
         "view_correction": trainer.view_fix is not None,
+        "view_check_deg": None if trainer.view_check is None else round(trainer.view_check, 3),
         "train_config": asdict(trainer.cfg),
     }
 
@@ -351,7 +354,9 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path, backbone: An
         f"{opts.batch_frames} frames x {trainer.views_per_step} views/step, {opts.num_gaussians} initial Gaussians "
         f"(max {opts.max_gaussians}); "
         f"DSFD {'on' if ran['ablations']['dsfd'] else 'off'}, TSSF {ran['ablations']['fusion']}, encoder {ran['encoder']}"
-        + ("; generated views' rotation and colour corrected per frame" if ran["view_correction"] else "")
+        + ("; the views' rotation and colour corrected per frame" if ran["view_correction"] else "")
+        + (f" while they need it (checked at step {int(opts.view_check * opts.steps)})"
+           if ran["view_correction"] and opts.view_check > 0 else "")
     )
     if V == 1:
         warn("no generated views: only the input view constrains the fit; the back of the object will be guessed")
@@ -396,6 +401,12 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path, backbone: An
     save_fitted(out_dir / "model.pt", trainer.bake(), sh_degree=trainer.cfg.sh_degree, resolution=int(opts.resolution),
                 view_names=names, viewmats=data.viewmats, Ks=data.Ks,
                 options={k: v for k, v in asdict(opts).items() if k not in _NON_RESULT})
+    if trainer.view_check is not None:
+        kept = trainer.view_fix is not None
+        info(f"fit: the views' corrections {'kept' if kept else 'dropped'} at step {int(opts.view_check * opts.steps)}: "
+             f"mean learnt rotation {trainer.view_check:.2f} deg ({'at or above' if kept else 'below'} "
+             f"{trainer.cfg.view_check_deg:g}: the views {'are' if kept else 'are not'} off)")
+    ran = _ran(trainer)  # what ran in the end (the view check may have dropped the corrections)
     psnr = evaluate_training_views(trainer, data, names)
     blank = blank_input_psnr(data)
     warnings = [w for w in [learnt_nothing(psnr["input"], blank)] if w]
@@ -440,15 +451,22 @@ def fit_resolution(ws: Workspace, opts: FitOptions) -> FitOptions:
     return replace(opts, resolution=min(default, side)) if side and side < default else opts
 
 
+#: Auto view correction: the share of the steps after which the corrections are kept only if needed.
+VIEW_CHECK = 0.15
+
+
 def fit_view_correction(ws: Workspace, opts: FitOptions) -> FitOptions:
-    """``view_correction`` None (auto): on when a diffusion model generated the views, whose poses and
-    colours are off by a few degrees and percent from frame to frame; off for imported views (they
-    may be exact cameras, where the corrections only drift) and with none. A value given is kept."""
+    """``view_correction`` None (auto): with generated or imported views the corrections are learnt
+    and, at VIEW_CHECK of the steps, kept only if the views need them (a diffusion model's views,
+    a few degrees and percent off from frame to frame) and dropped if not (exact cameras, where they
+    only drift); off with no views. A value the user gave is kept, unchecked."""
     if opts.view_correction is not None:
         return opts
     manifest = ws.read_manifest("generate") or {}
     prior = (manifest.get("options") or {}).get("prior")
-    return replace(opts, view_correction=prior == "zero123pp")
+    if prior in ("zero123pp", "import"):
+        return replace(opts, view_correction=True, view_check=VIEW_CHECK)
+    return replace(opts, view_correction=False)
 
 
 def run(ws: Workspace, opts: FitOptions, force: bool = False) -> StageResult:
