@@ -25,6 +25,7 @@ CLI_ONLY = {"force", "as_json", "formats", *COMMON_OPTIONS}
 #: Fields a stage command does not expose (with the reason).
 NOT_EXPOSED = {
     ExportOptions: {"min_opacity"},  # a cleaning threshold, not a user choice
+    FitOptions: {"view_check"},  # derived from --view-correction's auto default, not a user choice
 }
 STAGE_OPTIONS = {"preprocess": PreprocessOptions, "generate": GenerateOptions, "fit": FitOptions,
                  "export": ExportOptions, "eval": EvalOptions}
