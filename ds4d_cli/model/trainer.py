@@ -532,7 +532,7 @@ class Trainer:
         timer = self.timer
         timer.start()
         cfg = self.cfg
-        if self.view_fix is not None and cfg.view_check > 0 and self.step_count == int(cfg.view_check * cfg.steps):
+        if self.view_fix is not None and cfg.view_check > 0 and self.step_count == self.view_check_step:
             self._check_views()
         self._update_lrs()
         frames = self._pick_frames()
@@ -684,7 +684,12 @@ class Trainer:
         rgb = rgb + (1 - out.alpha) * background
         return rgb.view(len(frames), len(views), self.H, self.W, 3).clamp(0, 1)
 
-    # ------------------------------------------------------------------ checkpoint
+    # ------------------------------------------------------------------ view check
+    @property
+    def view_check_step(self) -> int:
+        """The step at whose start the views' corrections are checked (``view_check`` of the steps)."""
+        return int(self.cfg.view_check * self.cfg.steps)
+
     @torch.no_grad()
     def _check_views(self) -> None:
         """Keep the views' corrections only if the views needed them: their mean learnt rotation
@@ -695,6 +700,7 @@ class Trainer:
         if self.view_check < self.cfg.view_check_deg:
             self.view_fix = None  # its optimiser group gets no gradient from here on: Adam skips it
 
+    # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step_count,

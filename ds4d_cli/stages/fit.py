@@ -355,7 +355,7 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path, backbone: An
         f"(max {opts.max_gaussians}); "
         f"DSFD {'on' if ran['ablations']['dsfd'] else 'off'}, TSSF {ran['ablations']['fusion']}, encoder {ran['encoder']}"
         + ("; the views' rotation and colour corrected per frame" if ran["view_correction"] else "")
-        + (f" while they need it (checked at step {int(opts.view_check * opts.steps)})"
+        + (f" while they need it (checked at step {trainer.view_check_step})"
            if ran["view_correction"] and opts.view_check > 0 else "")
     )
     if V == 1:
@@ -403,7 +403,7 @@ def _body(ws: Workspace, opts: FitOptions, key: str, out_dir: Path, backbone: An
                 options={k: v for k, v in asdict(opts).items() if k not in _NON_RESULT})
     if trainer.view_check is not None:
         kept = trainer.view_fix is not None
-        info(f"fit: the views' corrections {'kept' if kept else 'dropped'} at step {int(opts.view_check * opts.steps)}: "
+        info(f"fit: the views' corrections {'kept' if kept else 'dropped'} at step {trainer.view_check_step}: "
              f"mean learnt rotation {trainer.view_check:.2f} deg ({'at or above' if kept else 'below'} "
              f"{trainer.cfg.view_check_deg:g}: the views {'are' if kept else 'are not'} off)")
     ran = _ran(trainer)  # what ran in the end (the view check may have dropped the corrections)
